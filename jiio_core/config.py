@@ -1,0 +1,198 @@
+"""Validated configurations of the DEQ solve and of the JIIO augmented solve.
+
+Field names are the project's hyperparameter names: the same in code, sweep configs, CLI
+flags and Parquet columns (``alpha_z``, ``alpha_mu``, ``alpha_x``, ``anderson_m``, ...).
+Invalid values raise ``ValueError`` naming the field and its allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["SOLVERS", "DEQConfig", "JIIOConfig"]
+
+SOLVERS = ("anderson", "broyden", "fixed_point")
+_BACKWARDS = ("ift", "jfb")
+
+
+def _check(ok: bool, field: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+def _in(value: Any, field: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, field, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+def _pos_int(value: Any, field: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
+           "an integer >= 1", value)  # fmt: skip
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class DEQConfig:
+    """How a plain DEQ finds its fixed point and differentiates through it.
+
+    ``backward="ift"`` solves ``u = J_f^T u + grad`` with the same solver
+    (``backward_max_iter``, ``backward_tol``); ``"jfb"`` uses the Jacobian-free
+    backward (``u = grad``, one step; Fung et al. 2022).
+
+    Example:
+        >>> DEQConfig(solver="broyden", max_iter=18).max_iter
+        18
+    """
+
+    solver: str = "anderson"
+    max_iter: int = 30
+    tol: float = 1e-4
+    anderson_m: int = 5
+    anderson_lam: float = 1e-5
+    backward: str = "ift"
+    backward_max_iter: int = 30
+    backward_tol: float = 1e-5
+    divergence_factor: float = 1e4
+
+    def __post_init__(self) -> None:
+        _in(self.solver, "solver", SOLVERS)
+        _pos_int(self.max_iter, "max_iter")
+        _check(_finite(self.tol) and self.tol >= 0, "tol", "a finite number >= 0", self.tol)
+        _pos_int(self.anderson_m, "anderson_m")
+        _check(_finite(self.anderson_lam) and self.anderson_lam >= 0, "anderson_lam",
+               "a finite number >= 0", self.anderson_lam)  # fmt: skip
+        _in(self.backward, "backward", _BACKWARDS)
+        _pos_int(self.backward_max_iter, "backward_max_iter")
+        _check(_finite(self.backward_tol) and self.backward_tol >= 0, "backward_tol",
+               "a finite number >= 0", self.backward_tol)  # fmt: skip
+        _check(_finite(self.divergence_factor) and self.divergence_factor > 1,
+               "divergence_factor", "a finite number > 1", self.divergence_factor)  # fmt: skip
+
+    @classmethod
+    def paper(cls) -> DEQConfig:
+        """The plain-DEQ solves of the paper's baselines: Broyden, 18 forward and 18 backward steps."""
+        return cls(solver="broyden", max_iter=18, backward_max_iter=18, tol=1e-4)
+
+
+@dataclass(frozen=True)
+class JIIOConfig:
+    """Hyperparameters of the augmented (z, mu, x) iteration, paper eq. (11).
+
+    - ``alpha_z``, ``alpha_mu`` in (0, 1]: damping of the z and mu updates.
+    - ``alpha_x`` > 0: step size on x; ``alpha_x_after`` replaces it from iteration
+      ``alpha_x_switch_iter`` on (the paper code's one-time drop).
+    - ``x_step``: ``"gradient"`` steps along ``J_x^T mu``; ``"normalized"`` along its
+      per-sample L2-normalised direction (the paper's adversarial setting).
+    - ``solver``: acceleration of the joint iteration; ``anderson_m``, ``anderson_type``
+      ("I": ``H = X G^T`` as in the paper code, "II": ``H = G G^T``), ``anderson_lam``
+      (relative regularisation).
+    - ``max_iter``; ``tol`` on the relative residual ``|F(v) - v| / |F(v)|`` of the
+      augmented map decides
+      ``converged``; ``early_stop`` stops a sample once converged (the paper code runs all
+      iterations).
+    - ``select``: which iterate each sample returns: ``"last"``, ``"residual"`` (lowest
+      residual), ``"objective"`` (lowest objective among iterates whose residual is within
+      ``select_slack`` times the lowest seen).
+    - ``backward``: gradient for outer losses other than +/- the inner loss (which reuse
+      mu*, paper eq. 19): ``"ift"`` (solve warm-started from mu*, x* fixed) or ``"jfb"``.
+
+    Example:
+        >>> cfg = JIIOConfig.paper("mnist_adversarial")
+        >>> (cfg.alpha_x, cfg.alpha_x_after, cfg.alpha_x_switch_iter, cfg.max_iter)
+        (0.6, 0.2, 50, 80)
+    """
+
+    alpha_z: float = 0.8
+    alpha_mu: float = 0.6
+    alpha_x: float = 0.1
+    solver: str = "anderson"
+    anderson_m: int = 20
+    max_iter: int = 80
+    tol: float = 1e-4
+    early_stop: bool = True
+    alpha_x_switch_iter: int | None = None
+    alpha_x_after: float | None = None
+    x_step: str = "gradient"
+    select: str = "last"
+    select_slack: float = 1.3
+    anderson_type: str = "II"
+    anderson_lam: float = 1e-5
+    backward: str = "ift"
+    backward_max_iter: int = 30
+    backward_tol: float = 1e-5
+    divergence_factor: float = 1e4
+
+    def __post_init__(self) -> None:
+        for name in ("alpha_z", "alpha_mu"):
+            v = getattr(self, name)
+            _check(_finite(v) and 0 < v <= 1, name, "in (0, 1]", v)
+        _check(_finite(self.alpha_x) and self.alpha_x > 0, "alpha_x", "a finite number > 0",
+               self.alpha_x)  # fmt: skip
+        _in(self.solver, "solver", SOLVERS)
+        _pos_int(self.anderson_m, "anderson_m")
+        _pos_int(self.max_iter, "max_iter")
+        _check(_finite(self.tol) and self.tol >= 0, "tol", "a finite number >= 0", self.tol)
+        _check(isinstance(self.early_stop, bool), "early_stop", "a bool", self.early_stop)
+        both = (self.alpha_x_switch_iter is None) == (self.alpha_x_after is None)
+        _check(both, "alpha_x_switch_iter", "set together with alpha_x_after (or both None)",
+               self.alpha_x_switch_iter)  # fmt: skip
+        if self.alpha_x_switch_iter is not None:
+            _pos_int(self.alpha_x_switch_iter, "alpha_x_switch_iter")
+            _check(_finite(self.alpha_x_after) and self.alpha_x_after > 0, "alpha_x_after",
+                   "a finite number > 0", self.alpha_x_after)  # fmt: skip
+        _in(self.x_step, "x_step", ("gradient", "normalized"))
+        _in(self.select, "select", ("last", "residual", "objective"))
+        _check(_finite(self.select_slack) and self.select_slack >= 1, "select_slack",
+               "a finite number >= 1", self.select_slack)  # fmt: skip
+        _in(self.anderson_type, "anderson_type", ("I", "II"))
+        _check(_finite(self.anderson_lam) and self.anderson_lam >= 0, "anderson_lam",
+               "a finite number >= 0", self.anderson_lam)  # fmt: skip
+        _in(self.backward, "backward", _BACKWARDS)
+        _pos_int(self.backward_max_iter, "backward_max_iter")
+        _check(_finite(self.backward_tol) and self.backward_tol >= 0, "backward_tol",
+               "a finite number >= 0", self.backward_tol)  # fmt: skip
+        _check(_finite(self.divergence_factor) and self.divergence_factor > 1,
+               "divergence_factor", "a finite number > 1", self.divergence_factor)  # fmt: skip
+
+    def alpha_x_at(self, iteration: int) -> float:
+        """The x step size in use at (0-based) ``iteration``."""
+        if self.alpha_x_switch_iter is not None and iteration >= self.alpha_x_switch_iter:
+            assert self.alpha_x_after is not None
+            return self.alpha_x_after
+        return self.alpha_x
+
+    def replace(self, **changes: Any) -> JIIOConfig:
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def paper(cls, task: str) -> JIIOConfig:
+        """The settings of the paper's released code (DESIGN.md section 4) for ``task``.
+
+        ``task``: ``"mnist_adversarial"``, ``"cifar_adversarial"`` or ``"celeba_generative"``.
+        """
+        common: dict[str, Any] = dict(
+            alpha_z=0.8, alpha_mu=0.6, solver="anderson", anderson_type="I",
+            early_stop=False, select="objective", tol=1e-3,
+        )  # fmt: skip
+        if task == "mnist_adversarial":
+            T = 80
+            return cls(**common, alpha_x=0.6, alpha_x_after=0.2, alpha_x_switch_iter=max(50, 5 * T // 8),
+                       x_step="normalized", max_iter=T, anderson_m=20)  # fmt: skip
+        if task == "cifar_adversarial":
+            return cls(**common, alpha_x=0.1, x_step="normalized", max_iter=80, anderson_m=20)
+        if task == "celeba_generative":
+            T = 100
+            return cls(**common, alpha_x=0.01, alpha_x_after=0.003, alpha_x_switch_iter=max(50, 5 * T // 8),
+                       x_step="gradient", max_iter=T, anderson_m=40)  # fmt: skip
+        raise ValueError(
+            "task must be one of 'mnist_adversarial', 'cifar_adversarial', 'celeba_generative', "
+            f"got {task!r}"
+        )

@@ -1,0 +1,244 @@
+"""JIIO: joint inference and input optimisation in a DEQ, as one augmented fixed point.
+
+Minimises ``loss(z*(x))`` over ``x`` (optionally on a feasible set) by iterating paper
+eq. (11) over ``v = (z, mu, x)``::
+
+    z+  = (1 - a_z)  z  + a_z  f(z, x)
+    mu+ = (1 - a_mu) mu + a_mu (J_z^T mu + dl/dz)
+    x+  = P(x - a_x J_x^T mu)              (P: projection onto the feasible set)
+
+accelerated by Anderson (or Broyden). One iteration costs one evaluation of ``f`` and
+one backward pass through it (``J_z^T mu``, ``J_x^T mu`` and ``dl/dz`` in a single
+``autograd.grad``). After every Anderson mix x is projected again, so the returned x is
+feasible. At the solution ``mu*`` is the adjoint of the DEQ, which the backward reuses
+(paper eq. 19) when the outer loss is a multiple of the inner one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._mixers import make_mixer
+from .config import JIIOConfig
+from .implicit import attach_implicit_grad
+
+__all__ = ["JIIOResult", "jiio_solve", "l2_ball"]
+
+Projection = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class JIIOResult:
+    """The solution of the augmented DEQ, per sample where it says so.
+
+    ``z`` carries the implicit gradient to the parameters of ``f``; ``x`` and ``mu`` are
+    detached. ``residual`` is the relative residual ``|F(v) - v| / |F(v)|`` of the augmented
+    map at the returned iterate and ``objective`` its inner loss. ``trace`` maps ``"z_residual"``,
+    ``"mu_residual"``, ``"x_step"`` (absolute norms), ``"residual"``, ``"objective"`` to
+    ``(iterations, B)`` tensors. ``backward`` is filled when a gradient flows through
+    ``z``: ``mode`` ("mu", "ift" or "jfb") and solve stats.
+    """
+
+    x: Tensor
+    z: Tensor
+    mu: Tensor
+    iterations: int
+    converged: Tensor
+    diverged: Tensor
+    objective: Tensor
+    residual: Tensor
+    trace: dict[str, Tensor]
+    backward: dict[str, Any] = field(default_factory=dict)
+
+
+def l2_ball(center: Tensor, eps: float | Tensor) -> Projection:
+    """Projection onto ``{x : |x - center|_2 <= eps}``, per sample (dim 0 is the batch).
+
+    Example:
+        >>> import torch
+        >>> proj = l2_ball(torch.zeros(2, 3), 1.0)
+        >>> proj(torch.tensor([[3.0, 4.0, 0.0], [0.1, 0.0, 0.0]])).tolist()
+        [[0.6000000238418579, 0.800000011920929, 0.0], [0.10000000149011612, 0.0, 0.0]]
+    """
+    center = center.detach()
+    eps_t = torch.as_tensor(eps, dtype=center.dtype, device=center.device).reshape(-1)
+    if bool((eps_t < 0).any()):
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    view = (-1,) + (1,) * (center.dim() - 1)
+
+    def project(x: Tensor) -> Tensor:
+        d = x - center
+        n = d.reshape(d.shape[0], -1).norm(dim=1)
+        scale = torch.clamp(eps_t / n.clamp_min(torch.finfo(d.dtype).tiny), max=1.0)
+        return center + d * scale.view(view)
+
+    return project
+
+
+def _norm(t: Tensor) -> Tensor:
+    return t.norm(dim=1)
+
+
+def jiio_solve(
+    f: Callable[[Tensor, Tensor], Tensor],
+    loss: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    z0: Tensor | None = None,
+    config: JIIOConfig | None = None,
+    project: Projection | None = None,
+) -> JIIOResult:
+    """Jointly find ``z* = f(z*, x*)`` and ``x* = argmin_x loss(z*(x))`` (on ``project``'s set).
+
+    ``f(z, x)``: the DEQ cell, batched on dim 0. ``loss(z)``: per-sample objective ``(B,)``
+    to minimise (adversarial: pass the negated task loss). ``z0`` defaults to
+    ``f.init_z(x0)`` when ``f`` has it, else zeros shaped like ``x0``.
+
+    Example (x* = 1 minimises (z* - 2)^2 with z* = (x + 1) / (1 - 0.5) ... solved jointly):
+        >>> import torch
+        >>> f = lambda z, x: 0.5 * z + 0.5 * (x + 1.0)      # z*(x) = x + 1
+        >>> loss = lambda z: ((z - 2.0) ** 2).sum(1)          # minimised at x* = 1
+        >>> res = jiio_solve(f, loss, torch.zeros(4, 1, dtype=torch.float64),
+        ...                  config=JIIOConfig(alpha_x=0.2, tol=1e-10, max_iter=200))
+        >>> round(float(res.x[0, 0]), 6), bool(res.converged.all())
+        (1.0, True)
+    """
+    cfg = config if config is not None else JIIOConfig()
+    if x0.dim() < 1 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be batched on dim 0 with at least one sample, got shape {tuple(x0.shape)}")
+    B = x0.shape[0]
+    x0 = x0.detach()
+    if project is not None:
+        x0 = project(x0)
+    if z0 is None:
+        init = getattr(f, "init_z", None)
+        z0 = init(x0) if callable(init) else torch.zeros_like(x0)
+    z0 = z0.detach().to(dtype=x0.dtype)
+    if z0.shape[0] != B:
+        raise ValueError(f"z0 has batch size {z0.shape[0]} but x0 has {B}")
+    z_shape, x_shape = z0.shape, x0.shape
+    nz, nx = z0[0].numel(), x0[0].numel()
+    tiny = torch.finfo(x0.dtype).tiny
+
+    def unpack(v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return v[:, :nz].view(z_shape), v[:, nz : 2 * nz].view(z_shape), v[:, 2 * nz :].view(x_shape)
+
+    def evaluate(v: Tensor, k: int) -> tuple[Tensor, dict[str, Tensor]]:
+        z, mu, x = unpack(v)
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_(True)
+            x_ = x.detach().requires_grad_(True)
+            fz = f(z_, x_)
+            obj = loss(z_)
+            gz, gx = torch.autograd.grad((fz * mu).sum() + obj.sum(), (z_, x_), allow_unused=True)
+        fz, obj = fz.detach().reshape(B, -1), obj.detach().reshape(B)
+        gz = torch.zeros_like(fz) if gz is None else gz.reshape(B, -1)
+        gx = torch.zeros(B, nx, dtype=v.dtype, device=v.device) if gx is None else gx.reshape(B, -1)
+        if cfg.x_step == "normalized":
+            gx = gx / (_norm(gx)[:, None] + tiny)
+        x_flat = v[:, 2 * nz :]
+        x_new = x_flat - cfg.alpha_x_at(k) * gx
+        if project is not None:
+            x_new = project(x_new.view(x_shape)).reshape(B, -1)
+        z_flat, mu_flat = v[:, :nz], v[:, nz : 2 * nz]
+        Fv = torch.cat(
+            [z_flat + cfg.alpha_z * (fz - z_flat), mu_flat + cfg.alpha_mu * (gz - mu_flat), x_new], dim=1
+        )
+        z_res, mu_res, x_step = _norm(fz - z_flat), _norm(gz - mu_flat), _norm(x_new - x_flat)
+        rel = _norm(Fv - v) / (_norm(Fv) + tiny)
+        return Fv, dict(z_residual=z_res, mu_residual=mu_res, x_step=x_step, residual=rel, objective=obj)
+
+    def project_flat(v: Tensor) -> Tensor:
+        if project is None:
+            return v
+        x = project(v[:, 2 * nz :].view(x_shape)).reshape(B, -1)
+        return torch.cat([v[:, : 2 * nz], x], dim=1)
+
+    m = cfg.anderson_m if cfg.solver == "anderson" else cfg.max_iter
+    mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, kind=cfg.anderson_type)
+    with torch.no_grad():
+        v = torch.cat([z0.reshape(B, -1), torch.zeros(B, nz, dtype=x0.dtype, device=x0.device),
+                       x0.reshape(B, -1)], dim=1)  # fmt: skip
+        v_prev = v
+        keep_v = v.clone()
+        inf = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device)
+        keep_res, keep_obj, best_res = inf.clone(), inf.clone(), inf.clone()
+        stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
+        diverged = torch.zeros_like(stopped)
+        last = {k: torch.zeros_like(inf) for k in ("z_residual", "mu_residual", "x_step", "residual", "objective")}
+        traces: dict[str, list[Tensor]] = {k: [] for k in last}
+        limit: Tensor | None = None
+        for k in range(cfg.max_iter):
+            Fv, blocks = evaluate(v, k)
+            joint, size = _norm(Fv - v), _norm(Fv)
+            if limit is None:
+                limit = cfg.divergence_factor * torch.maximum(joint, size).nan_to_num(0.0) + tiny
+            active = ~(stopped | diverged)
+            finite = torch.isfinite(Fv).all(dim=1) & torch.isfinite(blocks["objective"])
+            bad = active & ~(finite & (joint <= limit) & (size <= limit))
+            if bool(bad.any()):
+                diverged |= bad
+                v = torch.where(bad[:, None], v_prev, v)
+            ok = active & ~bad
+            rel, obj = blocks["residual"], blocks["objective"]
+            if cfg.select == "last":
+                take = ok
+            elif cfg.select == "residual":
+                take = ok & (rel < keep_res)
+            else:
+                best_res = torch.where(ok, torch.minimum(best_res, rel), best_res)
+                near = rel <= cfg.select_slack * best_res
+                take = ok & near & ((obj < keep_obj) | (keep_res > cfg.select_slack * best_res))
+            keep_v = torch.where(take[:, None], v, keep_v)
+            keep_res = torch.where(take, rel, keep_res)
+            keep_obj = torch.where(take, obj, keep_obj)
+            for name, val in blocks.items():
+                last[name] = torch.where(ok, val, last[name])
+                traces[name].append(last[name])
+            if cfg.early_stop:
+                stopped |= ok & (rel <= cfg.tol)
+            active = ~(stopped | diverged)
+            if not bool(active.any()) or k == cfg.max_iter - 1:
+                break
+            v_next = project_flat(mixer.step(v, Fv, active))
+            v_prev = v
+            v = torch.where(active[:, None], v_next, v)
+
+    z_star, mu_star, x_star = unpack(keep_v)
+    z_star, mu_star, x_star = z_star.clone(), mu_star.clone(), x_star.clone()
+    stats: dict[str, Any] = {}
+
+    def shortcut(grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """u = c * mu* when the incoming gradient is c * dl/dz* per sample (eq. 19)."""
+        with torch.enable_grad():
+            z_ = z_star.clone().requires_grad_(True)
+            (dl,) = torch.autograd.grad(loss(z_).sum(), z_)
+        g, d = grad.reshape(B, -1), dl.reshape(B, -1)
+        c = (g * d).sum(1) / (d * d).sum(1).clamp_min(tiny)
+        mismatch = _norm(g - c[:, None] * d)
+        u = (c[:, None] * mu_star.reshape(B, -1)).view(z_shape).to(grad.dtype)
+        if bool((mismatch <= 1e-4 * _norm(g)).all()):
+            return u, None
+        return None, u
+
+    z_out = attach_implicit_grad(
+        f, z_star, x_star, backward=cfg.backward, solver=cfg.solver, max_iter=cfg.backward_max_iter,
+        tol=cfg.backward_tol, anderson_m=cfg.anderson_m, anderson_lam=cfg.anderson_lam,
+        shortcut=shortcut, stats=stats,
+    )  # fmt: skip
+    return JIIOResult(
+        x=x_star,
+        z=z_out,
+        mu=mu_star,
+        iterations=len(traces["residual"]),
+        converged=(keep_res <= cfg.tol) & ~diverged,
+        diverged=diverged,
+        objective=keep_obj,
+        residual=keep_res,
+        trace={name: torch.stack(vals) for name, vals in traces.items()},
+        backward=stats,
+    )
