@@ -19,23 +19,29 @@ from .config import SOLVERS, DEQConfig, JIIOConfig
 from .deq import DEQ, DEQInfo
 from .implicit import attach_implicit_grad
 from .jiio import JIIOResult, jiio_solve, l2_ball
+from .models import ClassifierHead, ImageHead, MDEQCell, MDEQConfig, count_parameters
 from .solvers import SolverResult, anderson, batch_norm, broyden, fixed_point, solve
 
 __all__ = [
     "DEQ",
     "SOLVERS",
     "AttackStats",
+    "ClassifierHead",
     "DEQConfig",
     "DEQInfo",
+    "ImageHead",
     "JIIOConfig",
     "JIIOResult",
     "LatentStats",
+    "MDEQCell",
+    "MDEQConfig",
     "SolverResult",
     "adam_latent",
     "anderson",
     "attach_implicit_grad",
     "batch_norm",
     "broyden",
+    "count_parameters",
     "fixed_point",
     "jiio_solve",
     "l2_ball",

@@ -118,9 +118,9 @@ def adam_latent(
     """
     if steps < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1 and lr > 0; got {steps}, {lr}")
-    loss_fn = loss_fn if loss_fn is not None else (
-        lambda out, t: (out - t).pow(2).reshape(out.shape[0], -1).sum(1)
-    )  # fmt: skip
+    loss_fn = (
+        loss_fn if loss_fn is not None else (lambda out, t: (out - t).pow(2).reshape(out.shape[0], -1).sum(1))
+    )
     x = x0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     history: list[float] = []

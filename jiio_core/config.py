@@ -27,8 +27,9 @@ def _in(value: Any, field: str, choices: tuple[str, ...]) -> None:
 
 
 def _pos_int(value: Any, field: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
-           "an integer >= 1", value)  # fmt: skip
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1, field, "an integer >= 1", value
+    )
 
 
 def _finite(value: Any) -> bool:
@@ -63,14 +64,26 @@ class DEQConfig:
         _pos_int(self.max_iter, "max_iter")
         _check(_finite(self.tol) and self.tol >= 0, "tol", "a finite number >= 0", self.tol)
         _pos_int(self.anderson_m, "anderson_m")
-        _check(_finite(self.anderson_lam) and self.anderson_lam >= 0, "anderson_lam",
-               "a finite number >= 0", self.anderson_lam)  # fmt: skip
+        _check(
+            _finite(self.anderson_lam) and self.anderson_lam >= 0,
+            "anderson_lam",
+            "a finite number >= 0",
+            self.anderson_lam,
+        )
         _in(self.backward, "backward", _BACKWARDS)
         _pos_int(self.backward_max_iter, "backward_max_iter")
-        _check(_finite(self.backward_tol) and self.backward_tol >= 0, "backward_tol",
-               "a finite number >= 0", self.backward_tol)  # fmt: skip
-        _check(_finite(self.divergence_factor) and self.divergence_factor > 1,
-               "divergence_factor", "a finite number > 1", self.divergence_factor)  # fmt: skip
+        _check(
+            _finite(self.backward_tol) and self.backward_tol >= 0,
+            "backward_tol",
+            "a finite number >= 0",
+            self.backward_tol,
+        )
+        _check(
+            _finite(self.divergence_factor) and self.divergence_factor > 1,
+            "divergence_factor",
+            "a finite number > 1",
+            self.divergence_factor,
+        )
 
     @classmethod
     def paper(cls) -> DEQConfig:
@@ -130,33 +143,56 @@ class JIIOConfig:
         for name in ("alpha_z", "alpha_mu"):
             v = getattr(self, name)
             _check(_finite(v) and 0 < v <= 1, name, "in (0, 1]", v)
-        _check(_finite(self.alpha_x) and self.alpha_x > 0, "alpha_x", "a finite number > 0",
-               self.alpha_x)  # fmt: skip
+        _check(_finite(self.alpha_x) and self.alpha_x > 0, "alpha_x", "a finite number > 0", self.alpha_x)
         _in(self.solver, "solver", SOLVERS)
         _pos_int(self.anderson_m, "anderson_m")
         _pos_int(self.max_iter, "max_iter")
         _check(_finite(self.tol) and self.tol >= 0, "tol", "a finite number >= 0", self.tol)
         _check(isinstance(self.early_stop, bool), "early_stop", "a bool", self.early_stop)
         both = (self.alpha_x_switch_iter is None) == (self.alpha_x_after is None)
-        _check(both, "alpha_x_switch_iter", "set together with alpha_x_after (or both None)",
-               self.alpha_x_switch_iter)  # fmt: skip
+        _check(
+            both,
+            "alpha_x_switch_iter",
+            "set together with alpha_x_after (or both None)",
+            self.alpha_x_switch_iter,
+        )
         if self.alpha_x_switch_iter is not None:
             _pos_int(self.alpha_x_switch_iter, "alpha_x_switch_iter")
-            _check(_finite(self.alpha_x_after) and self.alpha_x_after > 0, "alpha_x_after",
-                   "a finite number > 0", self.alpha_x_after)  # fmt: skip
+            _check(
+                _finite(self.alpha_x_after) and self.alpha_x_after > 0,
+                "alpha_x_after",
+                "a finite number > 0",
+                self.alpha_x_after,
+            )
         _in(self.x_step, "x_step", ("gradient", "normalized"))
         _in(self.select, "select", ("last", "residual", "objective"))
-        _check(_finite(self.select_slack) and self.select_slack >= 1, "select_slack",
-               "a finite number >= 1", self.select_slack)  # fmt: skip
+        _check(
+            _finite(self.select_slack) and self.select_slack >= 1,
+            "select_slack",
+            "a finite number >= 1",
+            self.select_slack,
+        )
         _in(self.anderson_type, "anderson_type", ("I", "II"))
-        _check(_finite(self.anderson_lam) and self.anderson_lam >= 0, "anderson_lam",
-               "a finite number >= 0", self.anderson_lam)  # fmt: skip
+        _check(
+            _finite(self.anderson_lam) and self.anderson_lam >= 0,
+            "anderson_lam",
+            "a finite number >= 0",
+            self.anderson_lam,
+        )
         _in(self.backward, "backward", _BACKWARDS)
         _pos_int(self.backward_max_iter, "backward_max_iter")
-        _check(_finite(self.backward_tol) and self.backward_tol >= 0, "backward_tol",
-               "a finite number >= 0", self.backward_tol)  # fmt: skip
-        _check(_finite(self.divergence_factor) and self.divergence_factor > 1,
-               "divergence_factor", "a finite number > 1", self.divergence_factor)  # fmt: skip
+        _check(
+            _finite(self.backward_tol) and self.backward_tol >= 0,
+            "backward_tol",
+            "a finite number >= 0",
+            self.backward_tol,
+        )
+        _check(
+            _finite(self.divergence_factor) and self.divergence_factor > 1,
+            "divergence_factor",
+            "a finite number > 1",
+            self.divergence_factor,
+        )
 
     def alpha_x_at(self, iteration: int) -> float:
         """The x step size in use at (0-based) ``iteration``."""
@@ -179,20 +215,38 @@ class JIIOConfig:
         ``task``: ``"mnist_adversarial"``, ``"cifar_adversarial"`` or ``"celeba_generative"``.
         """
         common: dict[str, Any] = dict(
-            alpha_z=0.8, alpha_mu=0.6, solver="anderson", anderson_type="I",
-            early_stop=False, select="objective", tol=1e-3,
-        )  # fmt: skip
+            alpha_z=0.8,
+            alpha_mu=0.6,
+            solver="anderson",
+            anderson_type="I",
+            early_stop=False,
+            select="objective",
+            tol=1e-3,
+        )
         if task == "mnist_adversarial":
             T = 80
-            return cls(**common, alpha_x=0.6, alpha_x_after=0.2, alpha_x_switch_iter=max(50, 5 * T // 8),
-                       x_step="normalized", max_iter=T, anderson_m=20)  # fmt: skip
+            return cls(
+                **common,
+                alpha_x=0.6,
+                alpha_x_after=0.2,
+                alpha_x_switch_iter=max(50, 5 * T // 8),
+                x_step="normalized",
+                max_iter=T,
+                anderson_m=20,
+            )
         if task == "cifar_adversarial":
             return cls(**common, alpha_x=0.1, x_step="normalized", max_iter=80, anderson_m=20)
         if task == "celeba_generative":
             T = 100
-            return cls(**common, alpha_x=0.01, alpha_x_after=0.003, alpha_x_switch_iter=max(50, 5 * T // 8),
-                       x_step="gradient", max_iter=T, anderson_m=40)  # fmt: skip
+            return cls(
+                **common,
+                alpha_x=0.01,
+                alpha_x_after=0.003,
+                alpha_x_switch_iter=max(50, 5 * T // 8),
+                x_step="gradient",
+                max_iter=T,
+                anderson_m=40,
+            )
         raise ValueError(
-            "task must be one of 'mnist_adversarial', 'cifar_adversarial', 'celeba_generative', "
-            f"got {task!r}"
+            f"task must be one of 'mnist_adversarial', 'cifar_adversarial', 'celeba_generative', got {task!r}"
         )

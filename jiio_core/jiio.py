@@ -125,7 +125,11 @@ def jiio_solve(
     tiny = torch.finfo(x0.dtype).tiny
 
     def unpack(v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return v[:, :nz].view(z_shape), v[:, nz : 2 * nz].view(z_shape), v[:, 2 * nz :].view(x_shape)
+        return (
+            v[:, :nz].view(z_shape),
+            v[:, nz : 2 * nz].view(z_shape),
+            v[:, 2 * nz :].view(x_shape),
+        )
 
     def evaluate(v: Tensor, k: int) -> tuple[Tensor, dict[str, Tensor]]:
         z, mu, x = unpack(v)
@@ -146,7 +150,8 @@ def jiio_solve(
             x_new = project(x_new.view(x_shape)).reshape(B, -1)
         z_flat, mu_flat = v[:, :nz], v[:, nz : 2 * nz]
         Fv = torch.cat(
-            [z_flat + cfg.alpha_z * (fz - z_flat), mu_flat + cfg.alpha_mu * (gz - mu_flat), x_new], dim=1
+            [z_flat + cfg.alpha_z * (fz - z_flat), mu_flat + cfg.alpha_mu * (gz - mu_flat), x_new],
+            dim=1,
         )
         z_res, mu_res, x_step = _norm(fz - z_flat), _norm(gz - mu_flat), _norm(x_new - x_flat)
         rel = _norm(Fv - v) / (_norm(Fv) + tiny)
@@ -161,15 +166,19 @@ def jiio_solve(
     m = cfg.anderson_m if cfg.solver == "anderson" else cfg.max_iter
     mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, kind=cfg.anderson_type)
     with torch.no_grad():
-        v = torch.cat([z0.reshape(B, -1), torch.zeros(B, nz, dtype=x0.dtype, device=x0.device),
-                       x0.reshape(B, -1)], dim=1)  # fmt: skip
+        v = torch.cat(
+            [z0.reshape(B, -1), torch.zeros(B, nz, dtype=x0.dtype, device=x0.device), x0.reshape(B, -1)],
+            dim=1,
+        )
         v_prev = v
         keep_v = v.clone()
         inf = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device)
         keep_res, keep_obj, best_res = inf.clone(), inf.clone(), inf.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
         diverged = torch.zeros_like(stopped)
-        last = {k: torch.zeros_like(inf) for k in ("z_residual", "mu_residual", "x_step", "residual", "objective")}
+        last = {
+            k: torch.zeros_like(inf) for k in ("z_residual", "mu_residual", "x_step", "residual", "objective")
+        }
         traces: dict[str, list[Tensor]] = {k: [] for k in last}
         limit: Tensor | None = None
         for k in range(cfg.max_iter):
@@ -226,10 +235,18 @@ def jiio_solve(
         return None, u
 
     z_out = attach_implicit_grad(
-        f, z_star, x_star, backward=cfg.backward, solver=cfg.solver, max_iter=cfg.backward_max_iter,
-        tol=cfg.backward_tol, anderson_m=cfg.anderson_m, anderson_lam=cfg.anderson_lam,
-        shortcut=shortcut, stats=stats,
-    )  # fmt: skip
+        f,
+        z_star,
+        x_star,
+        backward=cfg.backward,
+        solver=cfg.solver,
+        max_iter=cfg.backward_max_iter,
+        tol=cfg.backward_tol,
+        anderson_m=cfg.anderson_m,
+        anderson_lam=cfg.anderson_lam,
+        shortcut=shortcut,
+        stats=stats,
+    )
     return JIIOResult(
         x=x_star,
         z=z_out,

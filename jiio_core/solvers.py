@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ._mixers import AndersonMixer, BroydenMixer, DampedMixer
 
-__all__ = ["SolverResult", "anderson", "broyden", "fixed_point", "solve", "batch_norm"]
+__all__ = ["SolverResult", "anderson", "batch_norm", "broyden", "fixed_point", "solve"]
 
 
 @dataclass
@@ -148,9 +148,14 @@ def anderson(
     """
     mixer = AndersonMixer(m=m, lam=lam, beta=beta, kind=kind)
     return solve(
-        g, x0, mixer, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+        g,
+        x0,
+        mixer,
+        max_iter=max_iter,
+        tol=tol,
+        stop_mode=stop_mode,
         divergence_factor=divergence_factor,
-    )  # fmt: skip
+    )
 
 
 def broyden(
@@ -173,9 +178,14 @@ def broyden(
     """
     mixer = BroydenMixer(m=m if m is not None else max_iter)
     return solve(
-        g, x0, mixer, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+        g,
+        x0,
+        mixer,
+        max_iter=max_iter,
+        tol=tol,
+        stop_mode=stop_mode,
         divergence_factor=divergence_factor,
-    )  # fmt: skip
+    )
 
 
 def fixed_point(
@@ -197,6 +207,11 @@ def fixed_point(
         True
     """
     return solve(
-        g, x0, DampedMixer(beta=beta), max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+        g,
+        x0,
+        DampedMixer(beta=beta),
+        max_iter=max_iter,
+        tol=tol,
+        stop_mode=stop_mode,
         divergence_factor=divergence_factor,
-    )  # fmt: skip
+    )

@@ -130,13 +130,20 @@ def test_anderson_regularisation_is_scale_invariant(kind):
     ref = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - A, b.T).T
     runs = {}
     for s in (1e-8, 1.0, 1e3):
-        runs[s] = anderson(lambda x, s=s: x @ A.T + s * b, torch.zeros(1, d, dtype=torch.float64),
-                           m=20, kind=kind, tol=1e-10, max_iter=300)  # fmt: skip
+        runs[s] = anderson(
+            lambda x, s=s: x @ A.T + s * b,
+            torch.zeros(1, d, dtype=torch.float64),
+            m=20,
+            kind=kind,
+            tol=1e-10,
+            max_iter=300,
+        )
         assert bool(runs[s].converged.all()), s
         assert float((runs[s].x / s - ref).norm() / ref.norm()) < 1e-8
     assert runs[1e-8].iterations == runs[1.0].iterations == runs[1e3].iterations
-    plain = fixed_point(lambda x: x @ A.T + b, torch.zeros(1, d, dtype=torch.float64), tol=1e-10,
-                        max_iter=3000)  # fmt: skip
+    plain = fixed_point(
+        lambda x: x @ A.T + b, torch.zeros(1, d, dtype=torch.float64), tol=1e-10, max_iter=3000
+    )
     # Plain iteration needs ~log(1e-10)/log(0.99) ~ 2300 steps; Anderson far fewer.
     assert runs[1.0].iterations * 10 < plain.iterations
 
@@ -152,10 +159,16 @@ def test_absolute_regularisation_would_fail_at_small_scale():
             self.lam = 1e-4 / max(float((gx - x).norm()) ** 2, 1e-300)
             return super().step(x, gx, active)
 
-    small = solve(lambda x: x @ A.T + 1e-8 * b, torch.zeros(1, d, dtype=torch.float64),
-                  AbsoluteLam(m=20), tol=1e-10, max_iter=300)  # fmt: skip
-    good = anderson(lambda x: x @ A.T + 1e-8 * b, torch.zeros(1, d, dtype=torch.float64),
-                    m=20, tol=1e-10, max_iter=300)  # fmt: skip
+    small = solve(
+        lambda x: x @ A.T + 1e-8 * b,
+        torch.zeros(1, d, dtype=torch.float64),
+        AbsoluteLam(m=20),
+        tol=1e-10,
+        max_iter=300,
+    )
+    good = anderson(
+        lambda x: x @ A.T + 1e-8 * b, torch.zeros(1, d, dtype=torch.float64), m=20, tol=1e-10, max_iter=300
+    )
     assert small.iterations > 3 * good.iterations
 
 

@@ -82,9 +82,7 @@ def _cifar_fixture(root: Path) -> dict[str, np.ndarray]:
     folder.mkdir(parents=True)
     train = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
     test = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
-    batches = {
-        f"data_batch_{i + 1}": (train[2 * i : 2 * i + 2], [2 * i, 2 * i + 1]) for i in range(5)
-    }
+    batches = {f"data_batch_{i + 1}": (train[2 * i : 2 * i + 2], [2 * i, 2 * i + 1]) for i in range(5)}
     batches["test_batch"] = (test, [0, 1, 2])
     for name, (data, labels) in batches.items():
         entry = {"batch_label": name, "data": data, "labels": labels}
@@ -241,9 +239,7 @@ def test_cifar10_from_pickled_batches_round_trips_pixels(cifar_root: tuple[Path,
             _check_item(x, y, channels=3, size=32)
             back = (x * 255).round().to(torch.uint8).numpy()
             np.testing.assert_array_equal(back, arrays[split][int(y)].reshape(3, 32, 32))
-    other = load_dataset(
-        DataConfig(dataset="cifar10", data_root=str(root), val_fraction=0.2, seed=5)
-    )
+    other = load_dataset(DataConfig(dataset="cifar10", data_root=str(root), val_fraction=0.2, seed=5))
     assert {int(y) for _, y in _items(other.val)} != {int(y) for _, y in _items(s.val)}
 
 
