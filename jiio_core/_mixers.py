@@ -21,7 +21,7 @@ class DampedMixer:
         self.beta = beta
 
     def step(self, x: Tensor, gx: Tensor, active: Tensor) -> Tensor:
-        return x + self.beta * (gx - x)
+        return gx.clone() if self.beta == 1.0 else torch.lerp(x, gx, self.beta)
 
 
 class AndersonMixer:
@@ -40,7 +40,8 @@ class AndersonMixer:
     so the method behaves identically when all residuals are scaled by 1e-8 or 1e+3 (an
     absolute ``lam`` would turn Anderson into plain averaging once residuals are small).
     A singular or non-finite solve falls back to the plain damped step for that sample.
-    ``H`` is updated one row and column per step rather than recomputed.
+    ``H`` is updated one row and column per step rather than recomputed, and the history
+    is read as few times as possible (it dominates the cost when ``f`` is cheap).
     """
 
     def __init__(self, m: int = 5, lam: float = 1e-5, beta: float = 1.0, kind: str = "II") -> None:
@@ -50,40 +51,45 @@ class AndersonMixer:
             raise ValueError(f"anderson kind must be 'I' or 'II', got {kind!r}")
         self.m, self.lam, self.beta, self.kind = m, lam, beta, kind
         self.k = 0
-        self.X: Tensor | None = None
-        self.G: Tensor | None = None
+        self.Y: Tensor | None = None  # x_i + beta g_i, the damped images
+        self.G: Tensor | None = None  # residuals g_i = g(x_i) - x_i
         self.P: Tensor | None = None
 
     def step(self, x: Tensor, gx: Tensor, active: Tensor) -> Tensor:
         B, D = x.shape
-        if self.X is None:
-            self.X = x.new_zeros(B, self.m, D)
+        if self.Y is None:
+            self.Y = x.new_zeros(B, self.m, D)
             self.G = x.new_zeros(B, self.m, D)
             self.P = x.new_zeros(B, self.m, self.m)
-        X, G, P = self.X, self.G, self.P
+        Y, G, P = self.Y, self.G, self.P
         assert G is not None and P is not None
-        g = gx - x
         slot = self.k % self.m
         self.k += 1
         n = min(self.k, self.m)
-        X[:, slot] = x
-        G[:, slot] = g
+        g = torch.sub(gx, x, out=G[:, slot])
+        if self.beta == 1.0:
+            Y[:, slot] = gx
+        else:
+            torch.add(x, g, alpha=self.beta, out=Y[:, slot])
+        if n == 1:
+            return Y[:, slot].clone()
         if self.kind == "II":
             row = torch.bmm(G[:, :n], g.unsqueeze(2)).squeeze(2)  # (B, n): g_j . g
             P[:, slot, :n] = row
             P[:, :n, slot] = row
             H = P[:, :n, :n]
-        else:
-            P[:, slot, :n] = torch.bmm(G[:, :n], x.unsqueeze(2)).squeeze(2)  # x . g_j
-            P[:, :n, slot] = torch.bmm(X[:, :n], g.unsqueeze(2)).squeeze(2)  # x_i . g
+        else:  # P_ij = x_i . g_j, with x_i = y_i - beta g_i: one pass over G and one over Y
+            xg = torch.bmm(G[:, :n], torch.stack([x, g], dim=2))  # (B, n, 2): g_j . x, g_i . g
+            yg = torch.bmm(Y[:, :n], g.unsqueeze(2)).squeeze(2)  # y_i . g
+            P[:, slot, :n] = xg[:, :, 0]
+            P[:, :n, slot] = yg - self.beta * xg[:, :, 1]
             H = P[:, :n, :n] - P[:, slot : slot + 1, :n]  # (x_i - x) . g_j
-        if n == 1:
-            return x + self.beta * g
         scale = H.abs().amax(dim=(1, 2)).clamp_min(torch.finfo(x.dtype).tiny)
         A = x.new_zeros(B, n + 1, n + 1)
         A[:, 0, 1:] = 1.0
         A[:, 1:, 0] = 1.0
-        A[:, 1:, 1:] = H + (self.lam * scale)[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        A[:, 1:, 1:] = H + (self.lam * scale)[:, None, None] * eye
         rhs = x.new_zeros(B, n + 1, 1)
         rhs[:, 0] = 1.0
         sol, info = torch.linalg.solve_ex(A, rhs)
@@ -93,8 +99,7 @@ class AndersonMixer:
             plain = torch.zeros_like(alpha)
             plain[:, slot] = 1.0
             alpha = torch.where(bad[:, None], plain, alpha)
-        a = alpha.unsqueeze(1)
-        return torch.bmm(a, X[:, :n]).squeeze(1) + self.beta * torch.bmm(a, G[:, :n]).squeeze(1)
+        return torch.bmm(alpha.unsqueeze(1), Y[:, :n]).squeeze(1)  # sum_i alpha_i (x_i + beta g_i)
 
 
 class BroydenMixer:
@@ -146,8 +151,6 @@ class BroydenMixer:
             self.VT[:, slot] = torch.where(ok[:, None], vT, torch.zeros_like(vT))
             self.k += 1
             n = min(self.k, self.m)
-        else:
-            self.k = 0
         self.prev = (x, r)
         return x - self._matvec(r, n)
 

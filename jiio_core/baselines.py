@@ -8,6 +8,7 @@ Neither touches the model parameters' ``.grad``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,8 +69,10 @@ def pgd_attack(
         >>> bool(((x_adv - x).norm(dim=1) <= 0.5 + 1e-6).all())
         True
     """
-    if eps < 0 or step_size <= 0 or steps < 1:
-        raise ValueError(f"need eps >= 0, step_size > 0, steps >= 1; got {eps}, {step_size}, {steps}")
+    if not (eps >= 0 and step_size > 0 and math.isfinite(eps) and math.isfinite(step_size)):
+        raise ValueError(f"need finite eps >= 0 and step_size > 0; got eps={eps}, step_size={step_size}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     loss_fn = loss_fn if loss_fn is not None else (lambda out, t: F.cross_entropy(out, t, reduction="none"))
     x = x.detach()
     delta = torch.zeros_like(x)
@@ -116,8 +119,10 @@ def adam_latent(
         >>> float(st.final_loss[0]) < 1e-4
         True
     """
-    if steps < 1 or lr <= 0:
-        raise ValueError(f"need steps >= 1 and lr > 0; got {steps}, {lr}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     loss_fn = (
         loss_fn if loss_fn is not None else (lambda out, t: (out - t).pow(2).reshape(out.shape[0], -1).sum(1))
     )

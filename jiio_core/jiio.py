@@ -131,7 +131,7 @@ def jiio_solve(
             v[:, 2 * nz :].view(x_shape),
         )
 
-    def evaluate(v: Tensor, k: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def evaluate(v: Tensor, k: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         z, mu, x = unpack(v)
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
@@ -144,24 +144,32 @@ def jiio_solve(
         gx = torch.zeros(B, nx, dtype=v.dtype, device=v.device) if gx is None else gx.reshape(B, -1)
         if cfg.x_step == "normalized":
             gx = gx / (_norm(gx)[:, None] + tiny)
-        x_flat = v[:, 2 * nz :]
-        x_new = x_flat - cfg.alpha_x_at(k) * gx
+        z_flat, mu_flat, x_flat = v[:, :nz], v[:, nz : 2 * nz], v[:, 2 * nz :]
+        Fv = torch.empty_like(v)  # written block by block: no concatenation copy
+        Fz, Fmu, Fx = Fv[:, :nz], Fv[:, nz : 2 * nz], Fv[:, 2 * nz :]
+        torch.add(x_flat, gx, alpha=-cfg.alpha_x_at(k), out=Fx)
         if project is not None:
-            x_new = project(x_new.view(x_shape)).reshape(B, -1)
-        z_flat, mu_flat = v[:, :nz], v[:, nz : 2 * nz]
-        Fv = torch.cat(
-            [z_flat + cfg.alpha_z * (fz - z_flat), mu_flat + cfg.alpha_mu * (gz - mu_flat), x_new],
-            dim=1,
+            Fx.copy_(project(Fx.view(x_shape)).reshape(B, -1))
+        dz, dmu = fz - z_flat, gz - mu_flat  # f(z, x) - z and (J_z^T mu + dl/dz) - mu
+        torch.add(z_flat, dz, alpha=cfg.alpha_z, out=Fz)
+        torch.add(mu_flat, dmu, alpha=cfg.alpha_mu, out=Fmu)
+        blocks = dict(
+            z_residual=_norm(dz),
+            mu_residual=_norm(dmu),
+            x_step=_norm(Fx - x_flat),
+            objective=obj,
         )
-        z_res, mu_res, x_step = _norm(fz - z_flat), _norm(gz - mu_flat), _norm(x_new - x_flat)
-        rel = _norm(Fv - v) / (_norm(Fv) + tiny)
-        return Fv, dict(z_residual=z_res, mu_residual=mu_res, x_step=x_step, residual=rel, objective=obj)
+        joint = torch.sqrt(
+            (blocks["z_residual"] * cfg.alpha_z) ** 2
+            + (blocks["mu_residual"] * cfg.alpha_mu) ** 2
+            + blocks["x_step"] ** 2
+        )
+        return Fv, joint, blocks
 
-    def project_flat(v: Tensor) -> Tensor:
-        if project is None:
-            return v
-        x = project(v[:, 2 * nz :].view(x_shape)).reshape(B, -1)
-        return torch.cat([v[:, : 2 * nz], x], dim=1)
+    def project_in_place(v: Tensor) -> Tensor:
+        if project is not None:
+            v[:, 2 * nz :] = project(v[:, 2 * nz :].reshape(x_shape)).reshape(B, -1)
+        return v
 
     m = cfg.anderson_m if cfg.solver == "anderson" else cfg.max_iter
     mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, kind=cfg.anderson_type)
@@ -170,8 +178,7 @@ def jiio_solve(
             [z0.reshape(B, -1), torch.zeros(B, nz, dtype=x0.dtype, device=x0.device), x0.reshape(B, -1)],
             dim=1,
         )
-        v_prev = v
-        keep_v = v.clone()
+        v_prev = keep_v = v
         inf = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device)
         keep_res, keep_obj, best_res = inf.clone(), inf.clone(), inf.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
@@ -182,40 +189,45 @@ def jiio_solve(
         traces: dict[str, list[Tensor]] = {k: [] for k in last}
         limit: Tensor | None = None
         for k in range(cfg.max_iter):
-            Fv, blocks = evaluate(v, k)
-            joint, size = _norm(Fv - v), _norm(Fv)
+            Fv, joint, blocks = evaluate(v, k)
+            size = _norm(Fv)
+            rel, obj = joint / (size + tiny), blocks["objective"]
+            blocks["residual"] = rel
             if limit is None:
                 limit = cfg.divergence_factor * torch.maximum(joint, size).nan_to_num(0.0) + tiny
             active = ~(stopped | diverged)
-            finite = torch.isfinite(Fv).all(dim=1) & torch.isfinite(blocks["objective"])
-            bad = active & ~(finite & (joint <= limit) & (size <= limit))
+            # A non-finite entry makes its norm non-finite, so the norms are all we check.
+            bad = active & ~((joint <= limit) & (size <= limit) & torch.isfinite(obj))
             if bool(bad.any()):
                 diverged |= bad
                 v = torch.where(bad[:, None], v_prev, v)
             ok = active & ~bad
-            rel, obj = blocks["residual"], blocks["objective"]
-            if cfg.select == "last":
+            if cfg.select == "last":  # the final v is each sample's last good iterate
                 take = ok
-            elif cfg.select == "residual":
-                take = ok & (rel < keep_res)
             else:
-                best_res = torch.where(ok, torch.minimum(best_res, rel), best_res)
-                near = rel <= cfg.select_slack * best_res
-                take = ok & near & ((obj < keep_obj) | (keep_res > cfg.select_slack * best_res))
-            keep_v = torch.where(take[:, None], v, keep_v)
+                if cfg.select == "residual":
+                    take = ok & (rel < keep_res)
+                else:
+                    best_res = torch.where(ok, torch.minimum(best_res, rel), best_res)
+                    near = rel <= cfg.select_slack * best_res
+                    take = ok & near & ((obj < keep_obj) | (keep_res > cfg.select_slack * best_res))
+                keep_v = torch.where(take[:, None], v, keep_v)
             keep_res = torch.where(take, rel, keep_res)
             keep_obj = torch.where(take, obj, keep_obj)
-            for name, val in blocks.items():
-                last[name] = torch.where(ok, val, last[name])
+            for name in traces:
+                last[name] = torch.where(ok, blocks[name], last[name])
                 traces[name].append(last[name])
             if cfg.early_stop:
                 stopped |= ok & (rel <= cfg.tol)
             active = ~(stopped | diverged)
-            if not bool(active.any()) or k == cfg.max_iter - 1:
+            all_active = bool(active.all())
+            if not (all_active or bool(active.any())) or k == cfg.max_iter - 1:
                 break
-            v_next = project_flat(mixer.step(v, Fv, active))
+            v_next = project_in_place(mixer.step(v, Fv, active))
             v_prev = v
-            v = torch.where(active[:, None], v_next, v)
+            v = v_next if all_active else torch.where(active[:, None], v_next, v)
+        if cfg.select == "last":
+            keep_v = v
 
     z_star, mu_star, x_star = unpack(keep_v)
     z_star, mu_star, x_star = z_star.clone(), mu_star.clone(), x_star.clone()

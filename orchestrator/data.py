@@ -174,9 +174,7 @@ def _digits(config: DataConfig) -> DatasetSplits:
         ).clamp_(0.0, 1.0)
     labels = torch.tensor(bunch.target, dtype=torch.int64)
     idx = list(range(len(labels)))
-    rest, test = train_test_split(
-        idx, test_size=0.2, random_state=config.seed, stratify=bunch.target
-    )
+    rest, test = train_test_split(idx, test_size=0.2, random_state=config.seed, stratify=bunch.target)
     if config.val_fraction > 0:
         train, val = train_test_split(
             rest,
@@ -229,12 +227,8 @@ def _torchvision(config: DataConfig) -> DatasetSplits:
         files = ", ".join(_CIFAR_FILES)
         how = f"extract cifar-10-python.tar.gz (the Python version) into {root}"
     try:
-        full_train = cls(
-            root, train=True, transform=tf, target_transform=_to_int64, download=config.download
-        )
-        test = cls(
-            root, train=False, transform=tf, target_transform=_to_int64, download=config.download
-        )
+        full_train = cls(root, train=True, transform=tf, target_transform=_to_int64, download=config.download)
+        test = cls(root, train=False, transform=tf, target_transform=_to_int64, download=config.download)
     except (RuntimeError, OSError) as err:
         what = "MNIST" if config.dataset == "mnist" else "CIFAR-10"
         raise _not_found(what, where, files, how, str(err)) from None
