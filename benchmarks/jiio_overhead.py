@@ -43,8 +43,12 @@ def _timed(fn, device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--size", choices=("tiny", "paper"), default="tiny",
-                   help="tiny: MDEQConfig.tiny() at 16x16; paper: the paper's MNIST MDEQ at 28x28")
+    p.add_argument(
+        "--size",
+        choices=("tiny", "paper"),
+        default="tiny",
+        help="tiny: MDEQConfig.tiny() at 16x16; paper: the paper's MNIST MDEQ at 28x28",
+    )
     p.add_argument("--iters", type=int, default=30, help="JIIO iterations per timed solve")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -105,7 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
             samples[name].append(_timed(run_jiio(c), device) / args.iters)
     med = {k: statistics.median(v) for k, v in samples.items()}
     out = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "size": args.size,
@@ -118,8 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"device {out['device']} | torch {out['torch']} | {args.size} MDEQ | batch {args.batch} "
-              f"| {args.iters} iterations x {args.reps} reps (median)")
+        print(
+            f"device {out['device']} | torch {out['torch']} | {args.size} MDEQ | batch {args.batch} "
+            f"| {args.iters} iterations x {args.reps} reps (median)"
+        )
         print(f"{'variant':26s} {'ms/iter':>10s} {'overhead':>10s}")
         for k, v in out["ms_per_iter"].items():
             ov = out["overhead_pct"].get(k)

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
             total += len(y)
             correct += int((logits.argmax(1) == y).sum())
             iters.append(info.iterations)
-        print(f"  epoch {epoch + 1}: train acc {correct / total:.3f}, "
-              f"mean DEQ iterations {sum(iters) / len(iters):.1f}, {time.perf_counter() - t0:.1f}s")
+        print(
+            f"  epoch {epoch + 1}: train acc {correct / total:.3f}, "
+            f"mean DEQ iterations {sum(iters) / len(iters):.1f}, {time.perf_counter() - t0:.1f}s"
+        )
 
     x, y = next(iter(make_loader(data.test, args.batch, shuffle=False)))
 
@@ -90,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'iter':>5s} {'|f(z)-z|':>10s} {'|mu res|':>10s} {'|dx|':>10s} {'rel res':>10s} {'CE':>8s}")
     tr = res.trace
     for k in [*range(0, res.iterations, 10), res.iterations - 1]:
-        print(f"  {k + 1:5d} {float(tr['z_residual'][k].mean()):10.2e} "
-              f"{float(tr['mu_residual'][k].mean()):10.2e} {float(tr['x_step'][k].mean()):10.2e} "
-              f"{float(tr['residual'][k].mean()):10.2e} {-float(tr['objective'][k].mean()):8.3f}")
+        print(
+            f"  {k + 1:5d} {float(tr['z_residual'][k].mean()):10.2e} "
+            f"{float(tr['mu_residual'][k].mean()):10.2e} {float(tr['x_step'][k].mean()):10.2e} "
+            f"{float(tr['residual'][k].mean()):10.2e} {-float(tr['objective'][k].mean()):8.3f}"
+        )
     print(f"  max |x - x0| = {float((res.x - x).flatten(1).norm(dim=1).max()):.4f} (eps {args.eps})")
     print(f"\n{'':12s} {'time (s)':>9s} {'accuracy':>9s}")
     print(f"{'clean':12s} {'':>9s} {acc(x):9.3f}")
