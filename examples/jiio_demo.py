@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = MDEQConfig.tiny()
     cell, head = MDEQCell(cfg), ClassifierHead(cfg, num_classes=data.num_classes)
     deq = DEQ(cell, DEQConfig(max_iter=30, tol=1e-3, backward_max_iter=20))
-    opt = torch.optim.Adam([*cell.parameters(), *head.parameters()], lr=2e-3)
+    opt = torch.optim.Adam([*cell.parameters(), *head.parameters()], lr=5e-3)
 
     print(f"training a tiny MDEQ on digits ({len(data.train)} images) for {args.epochs} epochs")
     for epoch in range(args.epochs):

@@ -267,7 +267,10 @@ class MDEQCell(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Logits from a flat state: per branch 1x1 conv + GN + ReLU, global mean, concat, linear.
+    """Logits from a flat state: per branch 1x1 conv + GN + ReLU, mean-pool to a 4x4 grid, linear.
+
+    Pooling to a small grid rather than a global mean keeps where strokes are, which a
+    narrow MDEQ needs to tell digits apart quickly.
 
     >>> cfg = MDEQConfig.tiny()
     >>> ClassifierHead(cfg, num_classes=3)(torch.randn(2, cfg.z_dim)).shape
@@ -283,12 +286,18 @@ class ClassifierHead(nn.Module):
         self.branch = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, c, 1, bias=False), _gn(c, g), nn.ReLU()) for c in config.channels
         )
-        self.linear = nn.Linear(sum(config.channels), num_classes)
+        self.grid = [min(4, r) for r in config.resolutions]
+        self.linear = nn.Linear(
+            sum(c * g * g for c, g in zip(config.channels, self.grid, strict=True)), num_classes
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         """``(B, z_dim)`` -> ``(B, num_classes)`` logits."""
         zs = _split(z, self.config)
-        feats = [m(t).mean(dim=(2, 3)) for m, t in zip(self.branch, zs, strict=True)]
+        feats = [
+            F.adaptive_avg_pool2d(m(t), g).flatten(1)
+            for m, t, g in zip(self.branch, zs, self.grid, strict=True)
+        ]
         return self.linear(torch.cat(feats, dim=1))
 
 

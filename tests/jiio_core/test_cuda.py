@@ -1,0 +1,104 @@
+"""CUDA: the same solves on the GPU agree with the CPU (skipped where there is no GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jiio_core import (
+    DEQ,
+    ClassifierHead,
+    DEQConfig,
+    JIIOConfig,
+    MDEQCell,
+    MDEQConfig,
+    anderson,
+    broyden,
+    jiio_solve,
+    l2_ball,
+    pgd_attack,
+)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("solver", [anderson, broyden])
+def test_solvers_on_cuda_match_cpu_float64(solver):
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(30, 30, generator=gen, dtype=torch.float64)
+    W = 0.8 * W / torch.linalg.matrix_norm(W, 2)
+    b = torch.randn(16, 30, generator=gen, dtype=torch.float64)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        Wd, bd = W.to(dev), b.to(dev)
+        res = solver(
+            lambda x, Wd=Wd, bd=bd: torch.tanh(x @ Wd.T + bd), torch.zeros_like(bd), tol=1e-12, max_iter=200
+        )
+        assert bool(res.converged.all())
+        out[dev] = res.x.cpu()
+    assert torch.allclose(out["cpu"], out["cuda"], atol=1e-10, rtol=0)
+
+
+def _mdeq(dtype: torch.dtype):
+    torch.manual_seed(0)
+    cfg = MDEQConfig.tiny()
+    cell, head = MDEQCell(cfg).to(dtype), ClassifierHead(cfg).to(dtype)
+    x = torch.rand(16, 1, 16, 16, dtype=dtype)
+    y = torch.randint(0, 10, (16,))
+    return cell, head, x, y
+
+
+def test_deq_forward_backward_on_cuda_matches_cpu():
+    cell, head, x, y = _mdeq(torch.float64)
+    grads = {}
+    for dev in ("cpu", "cuda"):
+        c, h = cell.to(dev), head.to(dev)
+        c.zero_grad()
+        deq = DEQ(c, DEQConfig(max_iter=60, tol=1e-10, backward_tol=1e-10, backward_max_iter=60))
+        z, info = deq(x.to(dev))
+        assert bool(info.converged.all())
+        F.cross_entropy(h(z), y.to(dev)).backward()
+        grads[dev] = [p.grad.detach().cpu().clone() for p in c.parameters()]
+    for a, b in zip(grads["cpu"], grads["cuda"], strict=True):
+        assert torch.allclose(a, b, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jiio_on_cuda_matches_cpu_and_stays_feasible(dtype):
+    cell, head, x, y = _mdeq(dtype)
+    cfg = JIIOConfig.paper("mnist_adversarial").replace(max_iter=12)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        c, h, xd, yd = cell.to(dev), head.to(dev), x.to(dev), y.to(dev)
+        with torch.no_grad():
+            res = jiio_solve(
+                c, lambda z, h=h, yd=yd: -F.cross_entropy(h(z), yd, reduction="none"), xd,
+                config=cfg, project=l2_ball(xd, 1.0),
+            )  # fmt: skip
+        assert res.x.device.type == dev and res.x.dtype == dtype
+        assert float((res.x - xd).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5
+        assert not bool(res.diverged.any())
+        out[dev] = res.x.cpu()
+    tol = 1e-8 if dtype == torch.float64 else 2e-3
+    assert torch.allclose(out["cpu"], out["cuda"], atol=tol, rtol=0)
+
+
+def test_eq19_backward_on_cuda():
+    cell, head, x, y = _mdeq(torch.float32)
+    cell, head, x, y = cell.cuda(), head.cuda(), x.cuda(), y.cuda()
+    res = jiio_solve(cell, lambda z: -F.cross_entropy(head(z), y, reduction="none"), x,
+                     config=JIIOConfig.paper("mnist_adversarial").replace(max_iter=20),
+                     project=l2_ball(x, 1.0))  # fmt: skip
+    F.cross_entropy(head(res.z), y).backward()
+    assert res.backward["mode"] == "mu"
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in cell.parameters())
+
+
+def test_pgd_on_cuda_respects_bound():
+    cell, head, x, y = _mdeq(torch.float32)
+    cell, head, x, y = cell.cuda(), head.cuda(), x.cuda(), y.cuda()
+    deq = DEQ(cell, DEQConfig.paper())
+    x_adv, st = pgd_attack(lambda t: head(deq(t)[0]), x, y, eps=1.0, step_size=0.6, steps=5)
+    assert float((x_adv - x).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-5
+    assert st.final_loss.mean() > st.step_loss[0]
