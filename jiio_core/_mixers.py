@@ -95,7 +95,7 @@ class AndersonMixer:
         sol, info = torch.linalg.solve_ex(A, rhs)
         alpha = sol[:, 1:, 0]
         bad = (info != 0) | ~torch.isfinite(alpha).all(dim=1)
-        if bool(bad.any()):
+        if x.device.type != "cpu" or bool(bad.any()):  # no host sync on a GPU
             plain = torch.zeros_like(alpha)
             plain[:, slot] = 1.0
             alpha = torch.where(bad[:, None], plain, alpha)

@@ -26,10 +26,12 @@ from torch import Tensor
 from ._mixers import make_mixer
 from .config import JIIOConfig
 from .implicit import attach_implicit_grad
+from .solvers import forward_fill
 
 __all__ = ["JIIOResult", "jiio_solve", "l2_ball"]
 
 Projection = Callable[[Tensor], Tensor]
+TRACE_KEYS = ("z_residual", "mu_residual", "x_step", "residual", "objective")
 
 
 @dataclass
@@ -183,11 +185,12 @@ def jiio_solve(
         keep_res, keep_obj, best_res = inf.clone(), inf.clone(), inf.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
         diverged = torch.zeros_like(stopped)
-        last = {
-            k: torch.zeros_like(inf) for k in ("z_residual", "mu_residual", "x_step", "residual", "objective")
-        }
-        traces: dict[str, list[Tensor]] = {k: [] for k in last}
+        raw: list[Tensor] = []  # per iteration, (len(TRACE_KEYS), B); forward-filled at the end
+        oks: list[Tensor] = []
         limit: Tensor | None = None
+        # On CPU a host-side check is free and lets us skip work; on a GPU it stalls the
+        # launch queue, so there we mask unconditionally and look for "all done" rarely.
+        host = v.device.type == "cpu"
         for k in range(cfg.max_iter):
             Fv, joint, blocks = evaluate(v, k)
             size = _norm(Fv)
@@ -198,7 +201,7 @@ def jiio_solve(
             active = ~(stopped | diverged)
             # A non-finite entry makes its norm non-finite, so the norms are all we check.
             bad = active & ~((joint <= limit) & (size <= limit) & torch.isfinite(obj))
-            if bool(bad.any()):
+            if not host or bool(bad.any()):
                 diverged |= bad
                 v = torch.where(bad[:, None], v_prev, v)
             ok = active & ~bad
@@ -214,20 +217,22 @@ def jiio_solve(
                 keep_v = torch.where(take[:, None], v, keep_v)
             keep_res = torch.where(take, rel, keep_res)
             keep_obj = torch.where(take, obj, keep_obj)
-            for name in traces:
-                last[name] = torch.where(ok, blocks[name], last[name])
-                traces[name].append(last[name])
+            raw.append(torch.stack([blocks[name] for name in TRACE_KEYS]))
+            oks.append(ok)
             if cfg.early_stop:
                 stopped |= ok & (rel <= cfg.tol)
+            if k == cfg.max_iter - 1:
+                break
             active = ~(stopped | diverged)
-            all_active = bool(active.all())
-            if not (all_active or bool(active.any())) or k == cfg.max_iter - 1:
+            all_active = host and bool(active.all())
+            if (host or k % 8 == 7) and not (all_active or bool(active.any())):
                 break
             v_next = project_in_place(mixer.step(v, Fv, active))
             v_prev = v
             v = v_next if all_active else torch.where(active[:, None], v_next, v)
         if cfg.select == "last":
             keep_v = v
+        trace = dict(zip(TRACE_KEYS, forward_fill(torch.stack(raw), torch.stack(oks)).unbind(1), strict=True))
 
     z_star, mu_star, x_star = unpack(keep_v)
     z_star, mu_star, x_star = z_star.clone(), mu_star.clone(), x_star.clone()
@@ -263,11 +268,11 @@ def jiio_solve(
         x=x_star,
         z=z_out,
         mu=mu_star,
-        iterations=len(traces["residual"]),
+        iterations=len(raw),
         converged=(keep_res <= cfg.tol) & ~diverged,
         diverged=diverged,
         objective=keep_obj,
         residual=keep_res,
-        trace={name: torch.stack(vals) for name, vals in traces.items()},
+        trace=trace,
         backward=stats,
     )

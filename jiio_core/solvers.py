@@ -49,6 +49,18 @@ def batch_norm(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).norm(dim=1)
 
 
+def forward_fill(values: Tensor, ok: Tensor, fill: float = float("inf")) -> Tensor:
+    """Trace of per-iteration ``values`` ``(T, ..., B)`` where entries with ``ok`` ``(T, B)``
+    False repeat the last ok value of that sample (``fill`` before its first one)."""
+    T = ok.shape[0]
+    steps = torch.arange(T, device=ok.device).view(T, 1).expand_as(ok)
+    last = torch.where(ok, steps, torch.full_like(steps, -1)).cummax(dim=0).values
+    index = last.clamp_min(0).view((T,) + (1,) * (values.dim() - 2) + (-1,)).expand_as(values)
+    filled = values.gather(0, index)
+    seen = (last >= 0).view(index.shape[:1] + (1,) * (values.dim() - 2) + index.shape[-1:])
+    return torch.where(seen, filled, torch.full_like(filled, fill))
+
+
 def solve(
     g: Callable[[Tensor], Tensor],
     x0: Tensor,
@@ -74,17 +86,15 @@ def solve(
         raise ValueError(f"stop_mode must be 'rel' or 'abs', got {stop_mode!r}")
     shape, B = x0.shape, x0.shape[0]
     tiny = torch.finfo(x0.dtype).tiny
+    host = x0.device.type == "cpu"  # see jiio_solve: no host syncs per step on a GPU
     with torch.no_grad():
         x = x0.detach().reshape(B, -1).clone()
         x_prev = x
         converged = torch.zeros(B, dtype=torch.bool, device=x.device)
         diverged = torch.zeros_like(converged)
-        nstep = torch.zeros(B, dtype=torch.long, device=x.device)
-        abs_res = torch.full((B,), float("inf"), dtype=x.dtype, device=x.device)
-        rel_res = abs_res.clone()
         limit: Tensor | None = None
-        t_abs: list[Tensor] = []
-        t_rel: list[Tensor] = []
+        raw: list[Tensor] = []
+        oks: list[Tensor] = []
         for k in range(max_iter):
             gx = g(x.view(shape)).reshape(B, -1)
             a, gn = (gx - x).norm(dim=1), gx.norm(dim=1)
@@ -93,33 +103,34 @@ def solve(
             if limit is None:
                 limit = divergence_factor * torch.maximum(a, gn).nan_to_num(0.0) + tiny
             bad = active & ~((a <= limit) & (gn <= limit))  # also catches NaN
-            if bool(bad.any()):
+            if not host or bool(bad.any()):
                 x = torch.where(bad[:, None], x_prev, x)
                 diverged |= bad
             ok = active & ~bad
-            abs_res = torch.where(ok, a, abs_res)
-            rel_res = torch.where(ok, rel, rel_res)
-            nstep += ok.long()
-            crit = rel if stop_mode == "rel" else a
-            converged |= ok & (crit <= tol)
-            t_abs.append(abs_res.clone())
-            t_rel.append(rel_res.clone())
+            converged |= ok & ((rel if stop_mode == "rel" else a) <= tol)
+            raw.append(torch.stack([a, rel]))
+            oks.append(ok)
+            if k == max_iter - 1:
+                break
             active = ~(converged | diverged)
-            if not bool(active.any()) or k == max_iter - 1:
+            all_active = host and bool(active.all())
+            if (host or k % 8 == 7) and not (all_active or bool(active.any())):
                 break
             x_next = mixer.step(x, gx, active)
             x_prev = x
-            x = torch.where(active[:, None], x_next, x)
+            x = x_next if all_active else torch.where(active[:, None], x_next, x)
+        ok_t = torch.stack(oks)
+        trace = forward_fill(torch.stack(raw), ok_t)
     return SolverResult(
         x=x.view(shape),
-        iterations=len(t_abs),
-        nstep=nstep,
+        iterations=len(raw),
+        nstep=ok_t.sum(0),
         converged=converged,
         diverged=diverged,
-        abs_residual=abs_res,
-        rel_residual=rel_res,
-        trace_abs=torch.stack(t_abs),
-        trace_rel=torch.stack(t_rel),
+        abs_residual=trace[-1, 0],
+        rel_residual=trace[-1, 1],
+        trace_abs=trace[:, 0],
+        trace_rel=trace[:, 1],
     )
 
 
