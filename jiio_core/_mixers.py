@@ -27,8 +27,8 @@ class DampedMixer:
 class AndersonMixer:
     """Anderson acceleration with memory ``m``, per sample, O(m D) work per step.
 
-    Solves, for each sample, ``min_alpha alpha^T H alpha  s.t.  sum(alpha) = 1`` as the
-    bordered system ``[[0, 1^T], [1, H + lam s I]] [c; alpha] = [1; 0]`` and returns
+    Solves, for each sample, ``min_alpha alpha^T H alpha  s.t.  sum(alpha) = 1`` as
+    ``alpha = s / sum(s)`` with ``(H + lam s_H I) s = 1`` and returns
     ``sum_i alpha_i (x_i + beta g_i)`` with residuals ``g_i = g(x_i) - x_i``.
 
     - ``kind="II"`` ("bad" Anderson, the DEQ default): ``H = G G^T``.
@@ -36,7 +36,7 @@ class AndersonMixer:
       are centred on the newest one first, which leaves the solution unchanged and makes
       the regularisation meaningful.
 
-    The regularisation is relative: ``s`` is the largest entry of ``|H|`` of that sample,
+    The regularisation is relative: ``s_H`` is the largest entry of ``|H|`` of that sample,
     so the method behaves identically when all residuals are scaled by 1e-8 or 1e+3 (an
     absolute ``lam`` would turn Anderson into plain averaging once residuals are small).
     A singular or non-finite solve falls back to the plain damped step for that sample.
@@ -84,16 +84,13 @@ class AndersonMixer:
             P[:, slot, :n] = xg[:, :, 0]
             P[:, :n, slot] = yg - self.beta * xg[:, :, 1]
             H = P[:, :n, :n] - P[:, slot : slot + 1, :n]  # (x_i - x) . g_j
-        scale = H.abs().amax(dim=(1, 2)).clamp_min(torch.finfo(x.dtype).tiny)
-        A = x.new_zeros(B, n + 1, n + 1)
-        A[:, 0, 1:] = 1.0
-        A[:, 1:, 0] = 1.0
-        eye = torch.eye(n, dtype=x.dtype, device=x.device)
-        A[:, 1:, 1:] = H + (self.lam * scale)[:, None, None] * eye
-        rhs = x.new_zeros(B, n + 1, 1)
-        rhs[:, 0] = 1.0
-        sol, info = torch.linalg.solve_ex(A, rhs)
-        alpha = sol[:, 1:, 0]
+        # min alpha^T H alpha s.t. sum(alpha) = 1  <=>  alpha = s / sum(s) with H s = 1
+        # (for type I, H alpha = c 1 is exactly the type-I condition). Relative ridge on H.
+        Hr = H.clone()
+        scale = H.abs().amax(dim=(1, 2), keepdim=True).squeeze(2)
+        Hr.diagonal(dim1=1, dim2=2).add_(self.lam * scale + torch.finfo(x.dtype).tiny)
+        sol, info = torch.linalg.solve_ex(Hr, torch.ones_like(Hr[:, :, :1]))
+        alpha = sol[:, :, 0] / sol[:, :, 0].sum(dim=1, keepdim=True)
         bad = (info != 0) | ~torch.isfinite(alpha).all(dim=1)
         if x.device.type != "cpu" or bool(bad.any()):  # no host sync on a GPU
             plain = torch.zeros_like(alpha)

@@ -161,11 +161,8 @@ def jiio_solve(
             x_step=_norm(Fx - x_flat),
             objective=obj,
         )
-        joint = torch.sqrt(
-            (blocks["z_residual"] * cfg.alpha_z) ** 2
-            + (blocks["mu_residual"] * cfg.alpha_mu) ** 2
-            + blocks["x_step"] ** 2
-        )
+        # |F(v) - v| from the block norms of (a_z dz, a_mu dmu, dx): no pass over the state
+        joint = (torch.stack([blocks["z_residual"], blocks["mu_residual"], blocks["x_step"]]) * damp).norm(dim=0)
         return Fv, joint, blocks
 
     def project_in_place(v: Tensor) -> Tensor:
@@ -173,6 +170,7 @@ def jiio_solve(
             v[:, 2 * nz :] = project(v[:, 2 * nz :].reshape(x_shape)).reshape(B, -1)
         return v
 
+    damp = torch.tensor([cfg.alpha_z, cfg.alpha_mu, 1.0], dtype=x0.dtype, device=x0.device)[:, None]
     m = cfg.anderson_m if cfg.solver == "anderson" else cfg.max_iter
     mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, kind=cfg.anderson_type)
     with torch.no_grad():
@@ -199,8 +197,9 @@ def jiio_solve(
             if limit is None:
                 limit = cfg.divergence_factor * torch.maximum(joint, size).nan_to_num(0.0) + tiny
             active = ~(stopped | diverged)
-            # A non-finite entry makes its norm non-finite, so the norms are all we check.
-            bad = active & ~((joint <= limit) & (size <= limit) & torch.isfinite(obj))
+            # A non-finite entry makes its norm non-finite, so the norms are all we check
+            # (obj * 0 is NaN exactly when obj is not finite).
+            bad = active & ~(torch.maximum(joint, size) + obj * 0 <= limit)
             if not host or bool(bad.any()):
                 diverged |= bad
                 v = torch.where(bad[:, None], v_prev, v)
