@@ -1,0 +1,347 @@
+"""What every training task shares: the config, the step reports, the training loop.
+
+A task is a :class:`Trainer` subclass that implements ``train_step`` (one optimiser step on
+a batch, returning its metrics and whether the inner solve diverged) and ``evaluate``.
+The loop here owns epochs, the cosine learning-rate decay, the divergence rule, wall time
+and reporting; the orchestrator turns the reports into Ray Tune reports and Parquet rows,
+and checkpoints through ``state_dict`` / ``load_state_dict``. Nothing here imports Ray.
+
+Divergence rule: a step whose inner solve diverged for more than half the batch, or whose
+loss is not finite, is reported with ``diverged_step=True`` and makes no parameter update;
+``diverged_patience`` such steps in a row end the run with status ``"diverged"``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from jiio_core import JIIOConfig, JIIOResult, MDEQConfig
+from orchestrator.data import DatasetSplits, make_loader
+
+__all__ = [
+    "MODES",
+    "TASKS",
+    "Callback",
+    "StepOutcome",
+    "TaskConfig",
+    "TaskResult",
+    "Trainer",
+    "jacobian_penalty",
+    "jiio_stats",
+    "mdeq_config",
+    "mean_trace",
+]
+
+TASKS = ("adversarial", "generative", "inpainting", "denoising")
+MODES = {"adversarial": ("clean", "pgd", "jiio"), "generative": ("jiio", "adam")}
+MODES["inpainting"] = MODES["denoising"] = MODES["generative"]
+_JIIO_FIELDS = {f.name for f in fields(JIIOConfig)}
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def _need(ok: bool, field_: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{field_} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One training run. Flat names (``alpha_z``...) are those of the sweeps and Parquet.
+
+    ``jiio`` holds the augmented solver's settings; :meth:`from_flat` / :meth:`to_flat`
+    map between this nested form and a flat dict of hyperparameters.
+
+    Example:
+        >>> cfg = TaskConfig.from_flat({"task": "adversarial", "mode": "jiio", "alpha_x": 0.3})
+        >>> cfg.jiio.alpha_x, cfg.to_flat()["alpha_x"]
+        (0.3, 0.3)
+    """
+
+    task: str = "adversarial"
+    mode: str = "jiio"
+    model_size: str = "tiny"
+    epochs: int = 2
+    max_steps_per_epoch: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    jac_reg: float = 0.0
+    jac_reg_probes: int = 2
+    deq_solver: str = "anderson"
+    deq_max_iter: int = 30
+    deq_tol: float = 1e-3
+    deq_backward_max_iter: int = 20
+    eps: float = 1.0
+    pgd_steps: int = 20
+    pgd_step_size: float = 0.6
+    latent_dim: int = 16
+    adam_steps: int = 40
+    adam_lr: float = 0.1
+    noise_sigma: float = 0.2
+    supervised: bool = False
+    eval_batches: int | None = 4
+    diverged_patience: int = 3
+    trace_every: int = 0
+    device: str = "cpu"
+    jiio: JIIOConfig = field(default_factory=JIIOConfig)
+
+    def __post_init__(self) -> None:
+        _need(self.task in TASKS, "task", "one of " + ", ".join(TASKS), self.task)
+        _need(
+            self.mode in MODES[self.task],
+            "mode",
+            f"one of {MODES[self.task]} for task {self.task!r}",
+            self.mode,
+        )
+        _need(self.model_size in ("tiny", "paper"), "model_size", "'tiny' or 'paper'", self.model_size)
+        for name in (
+            "epochs",
+            "batch_size",
+            "jac_reg_probes",
+            "deq_max_iter",
+            "deq_backward_max_iter",
+            "pgd_steps",
+            "latent_dim",
+            "adam_steps",
+            "diverged_patience",
+        ):
+            v = getattr(self, name)
+            _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "an integer >= 1", v)
+        for name in ("max_steps_per_epoch", "eval_batches"):
+            v = getattr(self, name)
+            _need(v is None or (isinstance(v, int) and v >= 1), name, "None or an integer >= 1", v)
+        for name in ("lr", "pgd_step_size", "adam_lr", "deq_tol"):
+            v = getattr(self, name)
+            _need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, "a finite number > 0", v)
+        for name in ("weight_decay", "jac_reg", "eps", "noise_sigma"):
+            v = getattr(self, name)
+            _need(
+                isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, name, "a finite number >= 0", v
+            )
+        _need(
+            isinstance(self.trace_every, int) and self.trace_every >= 0,
+            "trace_every",
+            "an integer >= 0",
+            self.trace_every,
+        )
+        _need(
+            self.deq_solver in ("anderson", "broyden", "fixed_point"),
+            "deq_solver",
+            "'anderson', 'broyden' or 'fixed_point'",
+            self.deq_solver,
+        )
+        _need(isinstance(self.jiio, JIIOConfig), "jiio", "a JIIOConfig", self.jiio)
+
+    @classmethod
+    def from_flat(cls, params: dict[str, Any]) -> TaskConfig:
+        """Build from one flat dict; JIIOConfig field names go to ``jiio``, unknown keys raise."""
+        own = {f.name for f in fields(cls)} - {"jiio"}
+        unknown = set(params) - own - _JIIO_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameters {sorted(unknown)}; known: {sorted(own | _JIIO_FIELDS)}"
+            )
+        jiio = JIIOConfig(**{k: v for k, v in params.items() if k in _JIIO_FIELDS})
+        return cls(**{k: v for k, v in params.items() if k in own}, jiio=jiio)
+
+    def to_flat(self) -> dict[str, Any]:
+        flat = {k: v for k, v in asdict(self).items() if k != "jiio"}
+        flat.update(self.jiio.to_dict())
+        return flat
+
+    def replace(self, **changes: Any) -> TaskConfig:
+        return replace(self, **changes)
+
+
+@dataclass
+class StepOutcome:
+    """What ``train_step`` returns: metrics of the step and whether its solve diverged."""
+
+    metrics: dict[str, float]
+    diverged: bool = False
+    trace: dict[str, list[float]] | None = None
+
+
+@dataclass
+class TaskResult:
+    status: str  # "completed" | "diverged"
+    metrics: dict[str, float]
+    steps: int
+    wall_s: float
+
+
+def jiio_stats(res: JIIOResult, seconds: float) -> dict[str, float]:
+    """The per-step solver stats every task reports (names are Parquet columns)."""
+    return {
+        "solver_iterations": float(res.iterations),
+        "solver_converged": float(res.converged.float().mean()),
+        "solver_diverged": float(res.diverged.float().mean()),
+        "solver_residual": float(res.residual[~res.diverged].mean())
+        if bool((~res.diverged).any())
+        else math.inf,
+        "solve_s": seconds,
+    }
+
+
+def jacobian_penalty(f: Callable[[Tensor, Tensor], Tensor], z: Tensor, x: Tensor, probes: int = 2) -> Tensor:
+    """Hutchinson estimate of ``|J_z f(z, x)|_F^2 / dim(z)`` (Bai et al. 2021), differentiable.
+
+    Example:
+        >>> f = lambda z, x: 0.5 * z + x               # J = 0.5 I: |J|_F^2 / d = 0.25
+        >>> z = torch.zeros(4096, 3)
+        >>> abs(float(jacobian_penalty(f, z, z, probes=8)) - 0.25) < 0.02
+        True
+    """
+    z = z.detach().requires_grad_(True)
+    fz = f(z, x)
+    total = z.new_zeros(())
+    for _ in range(probes):
+        v = torch.randn_like(fz)
+        (vj,) = torch.autograd.grad(fz, z, v, create_graph=True, retain_graph=True)
+        total = total + vj.pow(2).sum() / fz.numel()
+    return total / probes
+
+
+def mdeq_config(model_size: str, image_size: int, channels: int, latent_dim: int | None = None) -> MDEQConfig:
+    """The MDEQ for a dataset: "tiny" (8/16 channels, 2 branches) or the paper's sizes.
+
+    Paper: classifiers 2 branches x 24 channels at (s, s/2); decoders (latent injected)
+    4 branches [32, 64, 128, 256] at (s, s/2, s/4, s/8).
+    """
+    if model_size == "tiny":
+        return MDEQConfig(
+            channels=(8, 16),
+            resolutions=(image_size, image_size // 2),
+            in_channels=channels,
+            latent_dim=latent_dim,
+        )
+    if latent_dim is None:
+        return MDEQConfig(channels=(24, 24), resolutions=(image_size, image_size // 2), in_channels=channels)
+    res = tuple(max(1, image_size // 2**i) for i in range(4))
+    return MDEQConfig(
+        channels=(32, 64, 128, 256), resolutions=res, in_channels=channels, latent_dim=latent_dim
+    )
+
+
+class Trainer(ABC):
+    """Base of the tasks: owns the loop; subclasses build modules and implement the steps."""
+
+    def __init__(self, config: TaskConfig, data: DatasetSplits) -> None:
+        self.config, self.data = config, data
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.modules: dict[str, nn.Module] = self.build()
+        for m in self.modules.values():
+            m.to(self.device)
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+        if config.max_steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, config.epochs * steps_per_epoch)
+        )
+        self.epoch = 0
+        self.global_step = 0
+
+    # --- for subclasses -------------------------------------------------------------
+    @abstractmethod
+    def build(self) -> dict[str, nn.Module]:
+        """The task's modules by name (moved to the device and optimised by the base)."""
+
+    @abstractmethod
+    def train_step(self, x: Tensor, y: Tensor) -> StepOutcome:
+        """One optimiser step on a batch (the base counts steps and decays the rate)."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics at the end of an epoch (modules in eval mode)."""
+
+    # --- shared ---------------------------------------------------------------------
+    def eval_batches(self, split: str = "test"):
+        """The first ``eval_batches`` batches of a split, in a fixed order, on the device."""
+        loader = make_loader(getattr(self.data, split), self.config.batch_size, shuffle=False)
+        for i, (x, y) in enumerate(loader):
+            if self.config.eval_batches is not None and i >= self.config.eval_batches:
+                break
+            yield x.to(self.device), y.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "config": self.config.to_flat(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+
+    def fit(self, callback: Callback | None = None) -> TaskResult:
+        """Train from ``self.epoch`` to ``config.epochs``, reporting every step and epoch."""
+        cfg, report = self.config, callback or (lambda r: None)
+        t_start, bad_run, metrics = time.perf_counter(), 0, {}
+        while self.epoch < cfg.epochs:
+            loader = make_loader(
+                self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + self.epoch
+            )
+            for i, (x, y) in enumerate(loader):
+                if i >= self.steps_per_epoch:
+                    break
+                for m in self.modules.values():
+                    m.train()
+                out = self.train_step(x.to(self.device), y.to(self.device))
+                bad_run = bad_run + 1 if out.diverged else 0
+                self.global_step += 1
+                self.scheduler.step()
+                row = {
+                    "step": self.global_step,
+                    "epoch": self.epoch,
+                    "phase": "train",
+                    "diverged_step": out.diverged,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    **out.metrics,
+                }
+                if out.trace is not None:
+                    row["trace"] = out.trace
+                report(row)
+                if bad_run >= cfg.diverged_patience:
+                    return TaskResult(
+                        "diverged",
+                        {**metrics, **out.metrics},
+                        self.global_step,
+                        time.perf_counter() - t_start,
+                    )
+            self.epoch += 1
+            for m in self.modules.values():
+                m.eval()
+            metrics = self.evaluate()
+            report(
+                {"step": self.global_step, "epoch": self.epoch, "phase": "eval", "epoch_end": True, **metrics}
+            )
+        return TaskResult("completed", metrics, self.global_step, time.perf_counter() - t_start)
+
+    def want_trace(self) -> bool:
+        return self.config.trace_every > 0 and (self.global_step + 1) % self.config.trace_every == 0
+
+
+def mean_trace(res: JIIOResult) -> dict[str, list[float]]:
+    """Per-iteration batch means of a JIIO trace (what the traces table stores)."""
+    return {k: [float(v) for v in t.mean(dim=1)] for k, t in res.trace.items()}
