@@ -162,7 +162,9 @@ def jiio_solve(
             objective=obj,
         )
         # |F(v) - v| from the block norms of (a_z dz, a_mu dmu, dx): no pass over the state
-        joint = (torch.stack([blocks["z_residual"], blocks["mu_residual"], blocks["x_step"]]) * damp).norm(dim=0)
+        joint = (torch.stack([blocks["z_residual"], blocks["mu_residual"], blocks["x_step"]]) * damp).norm(
+            dim=0
+        )
         return Fv, joint, blocks
 
     def project_in_place(v: Tensor) -> Tensor:

@@ -279,7 +279,6 @@ def _record_stopped(store: ResultStore, cfg: SweepConfig, grid) -> None:
         status = "error" if result.error is not None else "pruned"
         row = {
             "trial_id": tid,
-            "sweep_name": cfg.name,
             "status": status,
             **cfg.fixed,
             **params,

@@ -88,8 +88,6 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         parser.error("--trials must be >= 1")
     if args.dataset != "digits" and not args.data_root:
         parser.error(f"--dataset {args.dataset} needs --data-root DIR (digits ships with scikit-learn)")
-    if args.smoke:
-        args.trials = min(args.trials, 2)
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if _cluster_gpus(args.address) > 0 else 0.0

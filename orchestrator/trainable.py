@@ -150,7 +150,8 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         traceback.print_exc()
         raise
     result_metrics.update(derived_metrics(task_cfg.task, result_metrics))
-    _finish(store, meta, trial_id, base_row, status, result_metrics, t0)
+    full = {k: v for k, v in task_cfg.to_flat().items() if k != "device"}
+    _finish(store, meta, trial_id, {**full, **base_row}, status, result_metrics, t0)
     tune.report(
         {
             **_objective(result_metrics, meta, status == "diverged"),
@@ -173,9 +174,7 @@ def derived_metrics(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 def _finish(store, meta, trial_id, base_row, status, metrics, t0) -> None:
     row = {
         **base_row,
-        "sweep_name": meta.name,
         "status": status,
-        **meta.fixed,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         "wall_s": time.perf_counter() - t0,
         "device": _device_name(),

@@ -38,7 +38,9 @@ def space(task: str) -> dict[str, Dim]:
 def fixed(args: argparse.Namespace) -> dict[str, Any]:
     paper = paper_jiio(args.task, args.dataset).to_dict()
     out: dict[str, Any] = {k: v for k, v in paper.items() if k not in ("alpha_z", "alpha_mu", "alpha_x")}
-    out.update(task=args.task, mode="jiio", seed=args.seed, model_size=args.model_size or "tiny")
+    out.update(
+        task=args.task, mode="jiio", seed=args.seed, model_size=args.model_size or "tiny", trace_every=5
+    )
     if args.model_size != "paper":  # CPU-sized defaults: a few minutes for the whole sweep
         out.update(
             epochs=2,
@@ -56,6 +58,7 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
         out.update(
             epochs=1,
             max_steps_per_epoch=2,
+            trace_every=1,
             max_iter=10,
             pgd_steps=3,
             deq_max_iter=10,
