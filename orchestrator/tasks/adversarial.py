@@ -188,7 +188,7 @@ class AdversarialTrainer(Trainer):
             jac = jacobian_penalty(self.cell, z, x_used, probes=cfg.jac_reg_probes)
             metrics["jac_penalty"] = float(jac.detach())
             loss = loss + cfg.jac_reg * jac
-        metrics["loss"] = float(loss)
+        metrics["loss"] = float(loss.detach())
         metrics["train_acc"] = _correct(logits, y_used) / len(y_used) if len(y_used) else math.nan
         diverged = too_many_diverged or not math.isfinite(metrics["loss"])
         if not diverged:

@@ -254,6 +254,7 @@ class Trainer(ABC):
         )
         self.epoch = 0
         self.global_step = 0
+        self.last_metrics: dict[str, float] = {}  # of the last evaluate(): a resumed, finished run has them
 
     # --- for subclasses -------------------------------------------------------------
     @abstractmethod
@@ -284,6 +285,7 @@ class Trainer(ABC):
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "last_metrics": dict(self.last_metrics),
             "config": self.config.to_flat(),
         }
 
@@ -293,11 +295,12 @@ class Trainer(ABC):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.last_metrics = dict(state.get("last_metrics", {}))
 
     def fit(self, callback: Callback | None = None) -> TaskResult:
         """Train from ``self.epoch`` to ``config.epochs``, reporting every step and epoch."""
         cfg, report = self.config, callback or (lambda r: None)
-        t_start, bad_run, metrics = time.perf_counter(), 0, {}
+        t_start, bad_run, metrics = time.perf_counter(), 0, dict(self.last_metrics)
         while self.epoch < cfg.epochs:
             loader = make_loader(
                 self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + self.epoch
@@ -332,7 +335,7 @@ class Trainer(ABC):
             self.epoch += 1
             for m in self.modules.values():
                 m.eval()
-            metrics = self.evaluate()
+            metrics = self.last_metrics = self.evaluate()
             report(
                 {"step": self.global_step, "epoch": self.epoch, "phase": "eval", "epoch_end": True, **metrics}
             )

@@ -1,0 +1,287 @@
+"""Tests for orchestrator.tasks.adversarial: clean / PGD / JIIO adversarial training of an MDEQ.
+
+Fast tests run a step or two on a few digits; the slow test trains each mode for real and
+checks that adversarial training (PGD or JIIO) buys robustness that clean training lacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jiio_core import JIIOConfig, JIIOResult
+from orchestrator.data import DataConfig, load_dataset
+from orchestrator.tasks.adversarial import (
+    ATTACKS,
+    AdversarialTrainer,
+    attack_table,
+    format_table,
+    train_adversarial,
+)
+from orchestrator.tasks.common import TaskConfig
+
+FAST_JIIO = JIIOConfig.paper("mnist_adversarial").replace(max_iter=15, alpha_x_switch_iter=10)
+EVAL_KEYS = {
+    "clean_acc",
+    "pgd_acc",
+    "jiio_acc",
+    "pgd_loss",
+    "jiio_loss",
+    "pgd_attack_s",
+    "jiio_attack_s",
+    "jiio_attack_diverged",
+}
+SOLVER_KEYS = {"solver_iterations", "solver_converged", "solver_diverged", "solver_residual", "solve_s"}
+TRAIN_KEYS = {
+    "clean": {"loss", "train_acc", "step_s"},
+    "pgd": {"loss", "train_acc", "step_s", "attack_s"},
+    "jiio": {"loss", "train_acc", "step_s", "inner_loss", "backward_mode_mu"} | SOLVER_KEYS,
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DataConfig(dataset="digits", limit_train=48, limit_test=16))
+
+
+def fast_config(mode: str, **changes) -> TaskConfig:
+    base = TaskConfig(
+        task="adversarial",
+        mode=mode,
+        epochs=1,
+        max_steps_per_epoch=1,
+        batch_size=8,
+        eval_batches=1,
+        pgd_steps=2,
+        deq_max_iter=12,
+        deq_backward_max_iter=10,
+        jiio=FAST_JIIO,
+    )
+    return base.replace(**changes)
+
+
+def params_of(trainer: AdversarialTrainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for m in trainer.modules.values() for p in m.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+class Recording(AdversarialTrainer):
+    """Keeps the last JIIO result; ``mark`` forces chosen samples to count as diverged."""
+
+    mark: list[int] = []  # noqa: RUF012 (set per test on the instance)
+
+    def attack_jiio(self, x: torch.Tensor, y: torch.Tensor) -> JIIOResult:
+        res = super().attack_jiio(x, y)
+        if self.mark:
+            res.diverged = res.diverged.clone()
+            res.diverged[self.mark] = True
+        self.last = res
+        return res
+
+
+def batch(trainer: AdversarialTrainer) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(trainer.eval_batches("train")))
+
+
+@pytest.mark.parametrize("mode", ["clean", "pgd", "jiio"])
+def test_each_mode_reports_documented_keys(data, mode):
+    cfg = fast_config(mode, trace_every=1, jac_reg=0.01)
+    trainer = Recording(cfg, data)
+    rows: list[dict] = []
+    result = trainer.fit(rows.append)
+    assert result.status == "completed" and result.steps == 1
+    train, evals = rows[:-1], rows[-1]
+    assert len(train) == 1 and train[0]["phase"] == "train" and train[0]["diverged_step"] is False
+    assert TRAIN_KEYS[mode] | {"jac_penalty"} <= set(train[0])
+    assert all(math.isfinite(train[0][k]) for k in TRAIN_KEYS[mode])
+    assert 0.0 <= train[0]["train_acc"] <= 1.0
+    assert evals["phase"] == "eval" and evals["epoch_end"] is True and evals["epoch"] == 1
+    assert EVAL_KEYS <= set(evals) and EVAL_KEYS <= set(result.metrics)
+    for k in ("clean_acc", "pgd_acc", "jiio_acc", "jiio_attack_diverged"):
+        assert 0.0 <= evals[k] <= 1.0
+    if mode == "jiio":
+        # the outer CE is a multiple of the negated inner loss: mu* is reused, no backward solve
+        assert trainer.last.backward["mode"] == "mu" and train[0]["backward_mode_mu"] == 1.0
+        assert set(train[0]["trace"]) >= {"residual", "objective"}
+        assert len(train[0]["trace"]["residual"]) == train[0]["solver_iterations"]
+    else:
+        assert "trace" not in train[0]
+
+
+def test_clean_training_decreases_loss_and_changes_params(data):
+    trainer = AdversarialTrainer(fast_config("clean", lr=1e-2), data)
+    x, y = batch(trainer)
+    before = params_of(trainer)
+    losses = [trainer.train_step(x, y).metrics["loss"] for _ in range(8)]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert not same(before, params_of(trainer))
+
+
+def test_jiio_attack_stays_in_ball_and_evaluate_restores_grad_flags(data):
+    trainer = AdversarialTrainer(fast_config("jiio", eps=0.5), data)
+    x, y = batch(trainer)
+    with torch.no_grad():
+        res = trainer.attack_jiio(x, y)
+    assert not res.z.requires_grad
+    assert float((res.x - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+    x_pgd = trainer.attack_pgd(x, y)
+    assert float((x_pgd - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+    trainer.modules["head"].linear.bias.requires_grad_(False)  # a flag evaluate must keep
+    flags = [p.requires_grad for m in trainer.modules.values() for p in m.parameters()]
+    trainer.evaluate()
+    assert flags == [p.requires_grad for m in trainer.modules.values() for p in m.parameters()]
+    assert all(p.grad is None for m in trainer.modules.values() for p in m.parameters())
+
+
+def test_minority_of_diverged_samples_is_left_out(data):
+    trainer = Recording(fast_config("jiio"), data)
+    trainer.mark = [0, 3]
+    x, y = batch(trainer)
+    before, head = params_of(trainer), copy.deepcopy(trainer.modules["head"])
+    out = trainer.train_step(x, y)
+    res, keep = trainer.last, torch.ones(len(y), dtype=torch.bool)
+    keep[[0, 3]] = False
+    assert torch.isfinite(res.z).all()  # jiio_core returns the last good iterate, finite
+    with torch.no_grad():
+        kept = F.cross_entropy(head(res.z[keep]), y[keep])
+        everyone = F.cross_entropy(head(res.z), y)
+    assert not out.diverged and out.metrics["solver_diverged"] == pytest.approx(0.25)
+    assert out.metrics["loss"] == pytest.approx(float(kept), rel=1e-5)
+    assert out.metrics["loss"] != pytest.approx(float(everyone), rel=1e-5)
+    assert out.metrics["inner_loss"] == pytest.approx(float(kept), rel=1e-4)
+    assert out.metrics["backward_mode_mu"] == 1.0  # masked rows (gradient 0) keep the shortcut
+    assert not same(before, params_of(trainer))
+
+
+def test_majority_of_diverged_samples_makes_a_diverged_step(data):
+    trainer = Recording(fast_config("jiio"), data)
+    trainer.mark = [0, 1, 2, 3, 4]
+    x, y = batch(trainer)
+    before = params_of(trainer)
+    out = trainer.train_step(x, y)
+    assert out.diverged and out.metrics["solver_diverged"] > 0.5
+    assert same(before, params_of(trainer))
+    assert all(p.grad is None for m in trainer.modules.values() for p in m.parameters())
+
+
+def test_non_finite_loss_makes_a_diverged_step(data):
+    trainer = AdversarialTrainer(fast_config("clean"), data)
+    x, y = batch(trainer)
+    before = params_of(trainer)
+    out = trainer.train_step(torch.full_like(x, float("nan")), y)
+    assert out.diverged and not math.isfinite(out.metrics["loss"])
+    assert same(before, params_of(trainer))
+
+
+def test_diverging_jiio_ends_run_without_update(data):
+    # Huge raw-gradient x steps inside a huge ball: the augmented residual explodes.
+    jiio = JIIOConfig(solver="fixed_point", alpha_x=1e6, x_step="gradient", max_iter=6)
+    cfg = fast_config("jiio", jiio=jiio, eps=1e6, max_steps_per_epoch=4, diverged_patience=2)
+    trainer = AdversarialTrainer(cfg, data)
+    before = params_of(trainer)
+    rows: list[dict] = []
+    result = trainer.fit(rows.append)
+    assert result.status == "diverged" and result.steps == 2
+    assert len(rows) == 2 and all(r["diverged_step"] is True for r in rows)
+    assert all(r["solver_diverged"] > 0.5 for r in rows)
+    assert same(before, params_of(trainer))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_state_dict_round_trip_continues_identically(data):
+    cfg = fast_config("clean", epochs=2, max_steps_per_epoch=2)
+    whole = AdversarialTrainer(cfg, data)
+    whole_result = whole.fit()
+
+    def stop_after_first_epoch(row: dict) -> None:
+        if row["phase"] == "eval":
+            raise _Stop  # as if the trial were stopped right after its epoch-1 checkpoint
+
+    first = AdversarialTrainer(cfg, data)
+    with pytest.raises(_Stop):
+        first.fit(stop_after_first_epoch)
+    state = first.state_dict()
+    resumed = AdversarialTrainer(cfg, data)
+    with torch.no_grad():  # a different starting point: the state must overwrite it
+        for m in resumed.modules.values():
+            for p in m.parameters():
+                p.add_(1.0)
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.global_step) == (first.epoch, first.global_step) == (1, 2)
+    assert same(params_of(first), params_of(resumed))
+    result = resumed.fit()
+    assert result.status == "completed" and resumed.global_step == whole.global_step == 4
+    for u, v in zip(params_of(whole), params_of(resumed), strict=True):
+        assert torch.allclose(u, v, atol=1e-6)
+    assert result.metrics["clean_acc"] == whole_result.metrics["clean_acc"]
+
+
+def test_attack_table_and_format(data):
+    trainer = AdversarialTrainer(fast_config("clean"), data)
+    done = {"clean_acc": 0.9, "pgd_acc": 0.05, "jiio_acc": 0.0625, "pgd_loss": 3.0}
+    table = attack_table({"clean": done, "pgd": trainer, "jiio": dict(done, jiio_acc=0.5)})
+    assert list(table) == ["clean", "pgd", "jiio"]
+    assert all(list(row) == list(ATTACKS) for row in table.values())
+    assert table["clean"] == {"clean": 0.9, "pgd": 0.05, "jiio": 0.0625}
+    assert all(0.0 <= v <= 1.0 for v in table["pgd"].values())
+    text = format_table(table)
+    lines = text.splitlines()
+    assert len(lines) == 4 and "PGD" in lines[0] and "JIIO" in lines[0]
+    assert len({len(line) for line in lines}) == 1  # aligned
+    assert lines[1].split() == ["clean", "90.0%", "5.0%", "6.2%"]
+
+
+def test_rejects_other_tasks(data):
+    with pytest.raises(ValueError, match="adversarial"):
+        AdversarialTrainer(TaskConfig(task="generative", mode="jiio"), data)
+
+
+# Slow: real training. eps=1.0 on 16x16 digits in [0, 1] (per-image L2 norm about 7) is the
+# paper's MNIST radius relative to image energy; SLOW_* are the settings reported.
+SLOW_EPS = 1.0
+
+
+@pytest.mark.slow
+def test_adversarial_training_buys_robustness():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data_cfg = DataConfig(dataset="digits")
+    base = TaskConfig(
+        task="adversarial",
+        epochs=3,
+        batch_size=64,
+        lr=5e-3,
+        eps=SLOW_EPS,
+        pgd_steps=5,
+        pgd_step_size=0.5,
+        deq_max_iter=20,
+        deq_backward_max_iter=15,
+        eval_batches=2,
+        jiio=JIIOConfig.paper("mnist_adversarial").replace(max_iter=30, alpha_x_switch_iter=20),
+        device=device,
+    )
+    results, times = {}, {}
+    for mode in ("clean", "pgd", "jiio"):
+        t = time.perf_counter()
+        result, _ = train_adversarial(base.replace(mode=mode), data_cfg)
+        times[mode] = time.perf_counter() - t
+        assert result.status == "completed"
+        results[mode] = result.metrics
+    table = attack_table(results)
+    print("\n" + format_table(table))
+    print({m: round(s, 1) for m, s in times.items()}, {m: r for m, r in results.items()})
+    clean_robust = max(table["clean"]["pgd"], table["clean"]["jiio"])
+    for mode in ("pgd", "jiio"):
+        assert table[mode]["pgd"] > clean_robust + 0.2, table
+        assert table[mode]["jiio"] > clean_robust + 0.2, table
+    assert table["clean"]["clean"] > 0.8, table
