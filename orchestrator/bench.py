@@ -63,7 +63,14 @@ from jiio_core import (
     l2_ball,
     pgd_attack,
 )
-from orchestrator.data import DATASETS, DataConfig, DatasetNotFoundError, DatasetSplits, load_dataset, make_loader
+from orchestrator.data import (
+    DATASETS,
+    DataConfig,
+    DatasetNotFoundError,
+    DatasetSplits,
+    load_dataset,
+    make_loader,
+)
 from orchestrator.tasks.common import mdeq_config
 
 __all__ = ["BenchInputError", "add_arguments", "run", "run_attack", "run_latent"]
@@ -153,7 +160,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--pgd-steps", type=_pos_int, default=20, help="K: PGD steps (default 20)")
     a.add_argument("--pgd-step-size", type=_pos_float, default=0.6, help="normalised PGD step (default 0.6)")
     a.add_argument("--jiio-iters", type=_pos_int, default=80, help="N: JIIO iterations (default 80)")
-    a.add_argument("--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)")
+    a.add_argument(
+        "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
+    )
     a.set_defaults(bench_run=run_attack, command_prog=a.prog)
 
     lat = sub.add_parser(
@@ -179,8 +188,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"JIIO step on the latent (default {LATENT_ALPHA_X}; the paper's CelebA value 0.01 is "
         "too small for 16x16 digits, see LATENT_ALPHA_X in orchestrator/bench.py)",
     )
-    lat.add_argument("--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)")
-    lat.add_argument("--plot", default="bench_latent.png", help="loss-versus-time PNG (default bench_latent.png)")
+    lat.add_argument(
+        "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
+    )
+    lat.add_argument(
+        "--plot", default="bench_latent.png", help="loss-versus-time PNG (default bench_latent.png)"
+    )
     lat.set_defaults(bench_run=run_latent, command_prog=lat.prog)
 
 
@@ -291,7 +304,9 @@ def _build(
     size = config.get("model_size", args.size)
     latent = None if bench == "attack" else int(config.get("latent_dim", args.latent_dim))
     if ckpt and config.get("dataset") not in (None, args.dataset):
-        raise BenchInputError(f"checkpoint was trained on {config['dataset']!r}: pass --dataset {config['dataset']}")
+        raise BenchInputError(
+            f"checkpoint was trained on {config['dataset']!r}: pass --dataset {config['dataset']}"
+        )
     try:
         mcfg: MDEQConfig = mdeq_config(size, splits.image_size, splits.channels, latent_dim=latent)
     except ValueError as err:
@@ -364,7 +379,12 @@ def _interleave(
 
 
 def _train_classifier(
-    cell: MDEQCell, head: nn.Module, splits: DatasetSplits, args: argparse.Namespace, device: torch.device, log: _Log
+    cell: MDEQCell,
+    head: nn.Module,
+    splits: DatasetSplits,
+    args: argparse.Namespace,
+    device: torch.device,
+    log: _Log,
 ) -> dict[str, Any]:
     deq = DEQ(cell, _TRAIN_DEQ)
     params = [*cell.parameters(), *head.parameters()]
@@ -383,12 +403,18 @@ def _train_classifier(
             losses.append(float(loss.detach()))
             step += 1
             if step % 25 == 0 or step == args.train_steps:
-                log(f"train step {step}/{args.train_steps}: cross-entropy {statistics.fmean(losses[-25:]):.3f}")
+                log(
+                    f"train step {step}/{args.train_steps}: cross-entropy {statistics.fmean(losses[-25:]):.3f}"
+                )
             if step >= args.train_steps:
                 break
         epoch += 1
     cell.eval(), head.eval()
-    return {"steps": step, "seconds": time.perf_counter() - t0, "final_train_loss": statistics.fmean(losses[-10:])}
+    return {
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "final_train_loss": statistics.fmean(losses[-10:]),
+    }
 
 
 def run_attack(args: argparse.Namespace) -> dict[str, Any]:
@@ -515,10 +541,13 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "within_eps": within,
         "speedup": p_main["seconds"] / j_main["seconds"],
-        "equal_or_better_strength": j_main["loss"] >= p_main["loss"] or j_main["accuracy"] <= p_main["accuracy"],
+        "equal_or_better_strength": j_main["loss"] >= p_main["loss"]
+        or j_main["accuracy"] <= p_main["accuracy"],
         "equal_strength_pgd_steps": cheapest["steps"] if cheapest else None,
         "speed_ratio_at_equal_strength": cheapest["seconds"] / j_main["seconds"] if cheapest else None,
-        "speed_ratio_at_equal_strength_lower_bound": None if cheapest else p_main["seconds"] / j_main["seconds"],
+        "speed_ratio_at_equal_strength_lower_bound": None
+        if cheapest
+        else p_main["seconds"] / j_main["seconds"],
     }
     return out
 
@@ -565,7 +594,9 @@ def _train_decoder(
         sched.step()
         losses.append(float(loss.detach()))
         if step % 50 == 0 or step == args.train_steps:
-            log(f"train step {step}/{args.train_steps}: reconstruction loss {statistics.fmean(losses[-50:]):.2f}")
+            log(
+                f"train step {step}/{args.train_steps}: reconstruction loss {statistics.fmean(losses[-50:]):.2f}"
+            )
     cell.eval(), head.eval()
     return {
         "steps": args.train_steps,
@@ -586,7 +617,9 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
         log(f"loaded {size} MDEQ decoder (latent {latent_dim}) from {args.checkpoint}")
         training: dict[str, Any] = {"source": "checkpoint", "path": args.checkpoint}
     else:
-        log(f"training a {size} MDEQ decoder (latent {latent_dim}) on {args.dataset}: {args.train_steps} GLO steps")
+        log(
+            f"training a {size} MDEQ decoder (latent {latent_dim}) on {args.dataset}: {args.train_steps} GLO steps"
+        )
         training = {"source": "trained", **_train_decoder(cell, head, splits, latent_dim, args, device, log)}
     cell.eval(), head.eval()
     n_params = count_parameters(cell) + count_parameters(head)
@@ -716,7 +749,9 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
         "adam_steps_to_jiio_loss": reach,
         "adam_seconds_to_jiio_loss": adam_t,
         "speed_ratio_at_equal_loss": adam_t / j_main["seconds"] if adam_t is not None else None,
-        "speed_ratio_at_equal_loss_lower_bound": None if reach is not None else a_main["seconds"] / j_main["seconds"],
+        "speed_ratio_at_equal_loss_lower_bound": None
+        if reach is not None
+        else a_main["seconds"] / j_main["seconds"],
         "plot": plot,
     }
 
@@ -737,12 +772,16 @@ def _plot_latent(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for (name, c), row in zip(curves.items(), rows, strict=True):
-        (line,) = ax.plot(c["seconds"], c["loss"], label=name.replace("-", " ").upper().replace("ADAM", "Adam"))
+        (line,) = ax.plot(
+            c["seconds"], c["loss"], label=name.replace("-", " ").upper().replace("ADAM", "Adam")
+        )
         ax.plot([row["seconds"]], [row["loss"]], "o", color=line.get_color(), markersize=5)
     ax.set_xlabel("wall time (s)")
     ax.set_ylabel("reconstruction loss (summed SE per image)")
     ax.set_yscale("log")
-    ax.set_title(f"{size} MDEQ decoder, {args.dataset}, batch {args.batch}, {_device_name(device)}", fontsize=9)
+    ax.set_title(
+        f"{size} MDEQ decoder, {args.dataset}, batch {args.batch}, {_device_name(device)}", fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="dots: loss re-solved at the result", title_fontsize=8, fontsize=8)
     fig.tight_layout()
@@ -791,7 +830,9 @@ def _render(out: dict[str, Any]) -> str:
             f"| L2 eps {cfg['eps']}, baseline DEQ {cfg['deq']['solver']} {cfg['deq']['max_iter']}/"
             f"{cfg['deq']['backward_max_iter']}"
         )
-        lines.append(f"{'method':8s}{'steps':>6s}{'seconds':>10s}{'accuracy':>10s}{'CE loss':>10s}{'max |d|':>10s}")
+        lines.append(
+            f"{'method':8s}{'steps':>6s}{'seconds':>10s}{'accuracy':>10s}{'CE loss':>10s}{'max |d|':>10s}"
+        )
         for r in out["rows"]:
             lines.append(
                 f"{r['method']:8s}{r['steps']:6d}{r['seconds']:10.3f}{r['accuracy']:10.3f}{r['loss']:10.4f}"

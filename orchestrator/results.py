@@ -8,6 +8,8 @@ partitioned by sweep name::
     traces/sweep=NAME/<trial_id>-e<epoch>.parquet   solver traces of that epoch
     checkpoints/sweep=NAME/<trial_id>.pt            latest checkpoint of an unfinished trial
     pending/sweep=NAME/<trial_id>.json              searched parameters of a started trial
+    pareto/sweep=NAME/front.parquet                 multi-objective sweeps: the non-dominated trials
+    meta/sweep=NAME/sweep.json                      objectives, search space, fixed settings
 
 Every file is named by its key, so writing the same key again *replaces* it: a retried,
 resumed or duplicated report can never duplicate a row, and a crash loses at most the
@@ -33,11 +35,12 @@ import pyarrow.parquet as pq
 
 __all__ = ["KEYS", "TABLES", "ResultStore", "arrow_schema"]
 
-TABLES = ("trials", "steps", "traces")
+TABLES = ("trials", "steps", "traces", "pareto")
 KEYS = {
     "trials": ["trial_id"],
     "steps": ["trial_id", "step", "phase"],
     "traces": ["trial_id", "step", "iteration"],
+    "pareto": ["trial_id"],
 }
 # Declared types of columns that can be None in every row of a file (optional settings).
 _DECLARED: dict[str, pa.DataType] = {
@@ -111,7 +114,8 @@ class ResultStore:
             raise ValueError(f"sweep name must be a non-empty name without '/', got {sweep!r}")
         return f"{self.base}/{table}/sweep={sweep}"
 
-    def _put(self, path: str, data: bytes) -> None:
+    def put(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` (under this store's filesystem) atomically."""
         directory = path.rsplit("/", 1)[0]
         self.fs.create_dir(directory, recursive=True)
         target = f"{directory}/.tmp-{uuid.uuid4().hex}" if self.local else path
@@ -128,7 +132,7 @@ class ResultStore:
         t = pa.Table.from_pylist(rows, schema=arrow_schema(rows))
         buf = io.BytesIO()
         pq.write_table(t, buf)
-        self._put(f"{self._dir(table, sweep)}/{key}.parquet", buf.getvalue())
+        self.put(f"{self._dir(table, sweep)}/{key}.parquet", buf.getvalue())
 
     def keys(self, table: str, sweep: str) -> list[str]:
         """The file keys present in ``table`` for ``sweep``."""
@@ -162,7 +166,7 @@ class ResultStore:
 
     # --- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, sweep: str, trial_id: str, data: bytes) -> None:
-        self._put(f"{self._dir('checkpoints', sweep)}/{trial_id}.pt", data)
+        self.put(f"{self._dir('checkpoints', sweep)}/{trial_id}.pt", data)
 
     def load_checkpoint(self, sweep: str, trial_id: str) -> bytes | None:
         path = f"{self._dir('checkpoints', sweep)}/{trial_id}.pt"
@@ -178,7 +182,7 @@ class ResultStore:
 
     # --- pending trials: started, not finished (their parameters, to re-enqueue on resume) ----
     def write_pending(self, sweep: str, trial_id: str, params: dict[str, Any]) -> None:
-        self._put(f"{self._dir('pending', sweep)}/{trial_id}.json", json.dumps(params).encode())
+        self.put(f"{self._dir('pending', sweep)}/{trial_id}.json", json.dumps(params).encode())
 
     def pending(self, sweep: str) -> dict[str, dict[str, Any]]:
         out = {}
@@ -186,6 +190,14 @@ class ResultStore:
             with self.fs.open_input_stream(f"{self._dir('pending', sweep)}/{key}.json") as f:
                 out[key] = json.loads(f.read().decode())
         return out
+
+    def meta(self, sweep: str) -> dict[str, Any] | None:
+        """The sweep's ``meta/sweep=NAME/sweep.json`` (objectives, space, paper trial), if any."""
+        path = f"{self.base}/meta/sweep={sweep}/sweep.json"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
 
     def delete_pending(self, sweep: str, trial_id: str) -> None:
         path = f"{self._dir('pending', sweep)}/{trial_id}.json"

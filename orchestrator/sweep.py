@@ -17,6 +17,7 @@ reported twice): none of them can duplicate or lose a Parquet row, whose files a
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -203,6 +204,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
             f"sweep {cfg.name}: {len(finished)} finished, {len(enqueue)} to continue, "
             f"{remaining - len(enqueue)} new (target {cfg.trials})"
         )
+    _write_meta(store, cfg)
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
     meta = SweepMeta(
@@ -255,6 +257,8 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         _record_stopped(store, cfg, grid)
     except KeyboardInterrupt:
         interrupted = True
+    if len(cfg.metrics) > 1:
+        _record_pareto(store, cfg)
     after = store.read("trials", cfg.name)
     n_done = int(after["status"].isin(FINISHED).sum()) if len(after) else 0
     interrupted = interrupted or n_done < cfg.trials
@@ -291,6 +295,45 @@ def _record_stopped(store: ResultStore, cfg: SweepConfig, grid) -> None:
         store.write("trials", cfg.name, tid, [row])
         store.delete_pending(cfg.name, tid)
         store.delete_checkpoint(cfg.name, tid)
+
+
+def _write_meta(store: ResultStore, cfg: SweepConfig) -> None:
+    """``meta/sweep=NAME/sweep.json``: objectives, space, fixed settings, the paper trial's id."""
+    paper = [make_trial_id(cfg.name, dict(p)) for p in cfg.enqueue]
+    meta = {
+        "name": cfg.name,
+        "metrics": list(cfg.metrics),
+        "modes": list(cfg.modes),
+        "trials": cfg.trials,
+        "space": {
+            k: {"kind": d.kind, "low": d.low, "high": d.high, "choices": list(d.choices)}
+            for k, d in cfg.space.items()
+        },
+        "fixed": cfg.fixed,
+        "data": cfg.data,
+        "kind": cfg.kind,
+        "paper_trial_ids": paper,
+    }
+    store.put(
+        f"{store.base}/meta/sweep={cfg.name}/sweep.json", json.dumps(meta, indent=1, default=repr).encode()
+    )
+
+
+def _record_pareto(store: ResultStore, cfg: SweepConfig) -> None:
+    """Write the non-dominated finished trials of a multi-objective sweep to ``pareto/``."""
+    from orchestrator.solve_trial import pareto_front
+
+    trials = store.read("trials", cfg.name)
+    if not len(trials):
+        return
+    ok = trials[trials["status"] == "completed"].dropna(subset=list(cfg.metrics))
+    sign = [1.0 if m == "min" else -1.0 for m in cfg.modes]
+    points = [
+        tuple(s * float(r[m]) for s, m in zip(sign, cfg.metrics, strict=True)) for _, r in ok.iterrows()
+    ]
+    front = ok[pareto_front(points)] if points else ok
+    cols = ["trial_id", *cfg.metrics, *cfg.space]
+    store.write("pareto", cfg.name, "front", [{c: _native(r[c]) for c in cols} for _, r in front.iterrows()])
 
 
 def resume_command(argv: list[str]) -> str:

@@ -34,6 +34,11 @@ class SweepSpec:
     scheduler: str = "asha"
     kind: str = "train"
     default_name: str = "sweep"
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+    # Runs in the driver before the sweep (e.g. trains the fixed model); returns SweepConfig overrides.
+    prepare: Callable[[argparse.Namespace, dict[str, Any], dict[str, Any], str], dict[str, Any]] = (
+        lambda args, fixed, data, name: {}
+    )
 
 
 def paper_jiio(task: str, dataset: str) -> JIIOConfig:
@@ -83,6 +88,7 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
 def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser(spec)
+    spec.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be >= 1")
@@ -101,12 +107,14 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     data = {"dataset": args.dataset, "data_root": args.data_root, "seed": args.seed}
     script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/alpha.py"
     try:
+        fixed = spec.fixed(args)
+        overrides = spec.prepare(args, fixed, data, name)
         cfg = SweepConfig(
             name=name,
             space=space,
             metrics=metrics,
             modes=modes,
-            fixed=spec.fixed(args),
+            fixed=fixed,
             data=data,
             storage=args.storage,
             trials=args.trials,
@@ -121,9 +129,10 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             reuse_actors=not args.no_reuse_actors,
             address=args.address,
             resume_command=resume_command([script, *argv]),
+            **overrides,
         )
         outcome = run_sweep(cfg)
-    except (SweepExistsError, ValueError) as exc:
+    except (SweepExistsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
