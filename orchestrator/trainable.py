@@ -123,7 +123,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     trial_id = make_trial_id(meta.name, params)
     store = ResultStore(meta.storage)
     store.write_pending(meta.name, trial_id, params)
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     gpu = torch.cuda.is_available() and meta.extra.get("gpus_per_trial", 0) > 0
     threads = int(meta.extra.get("cpus_per_trial", 1))
     if threads >= 1:
@@ -151,6 +151,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         raise
     result_metrics.update(derived_metrics(task_cfg.task, result_metrics))
     full = {k: v for k, v in task_cfg.to_flat().items() if k != "device"}
+    base_row["started_at"] = started_at
     _finish(store, meta, trial_id, {**full, **base_row}, status, result_metrics, t0)
     tune.report(
         {
@@ -177,6 +178,7 @@ def _finish(store, meta, trial_id, base_row, status, metrics, t0) -> None:
         "status": status,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         "wall_s": time.perf_counter() - t0,
+        "finished_at": time.time(),
         "device": _device_name(),
         "host": socket.gethostname(),
         "error": None,
