@@ -126,14 +126,23 @@ class SweepOutcome:
 
 
 def _concurrency(cfg: SweepConfig) -> int:
+    """Trials at once: what the cluster's resources hold now, or, when it holds no GPU yet
+    while trials ask for one (an autoscaling cluster starting from its head), every trial,
+    so that the queued trials make the autoscaler add GPU nodes."""
     import ray
 
     if cfg.max_concurrent is not None:
         return max(1, cfg.max_concurrent)
     res = ray.cluster_resources()
-    slots = math.floor(res.get("CPU", 1) / cfg.cpus_per_trial)
+    slots = math.floor(res.get("CPU", 0) / cfg.cpus_per_trial)
     if cfg.gpus_per_trial > 0:
-        slots = min(slots, math.floor(res.get("GPU", 0) / cfg.gpus_per_trial))
+        if res.get("GPU", 0) < cfg.gpus_per_trial:
+            print(
+                f"no GPU in the cluster yet: assuming it autoscales; up to {cfg.trials} trials at once "
+                "(set --max-concurrent to bound it)"
+            )
+            return cfg.trials
+        slots = math.floor(res.get("GPU", 0) / cfg.gpus_per_trial)
     return max(1, slots)
 
 
