@@ -218,7 +218,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         ray.init(address=cfg.address, log_to_driver=False)
     meta = SweepMeta(
         name=cfg.name,
-        storage=cfg.storage,
+        storage=cfg.storage if "://" in cfg.storage else store.base,  # trials run in other directories
         searched=tuple(cfg.space),
         fixed=cfg.fixed,
         data=cfg.data,

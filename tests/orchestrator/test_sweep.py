@@ -92,10 +92,13 @@ def _check_consistent(store: ResultStore, name: str, n: int) -> None:
 
 
 def test_small_sweep_writes_the_three_tables(tmp_path):
-    out = _sweep(tmp_path, "s", "--trials", "2")
+    # A relative --storage, as in the README: trials run in other working directories.
+    cmd = [sys.executable, SCRIPT, "--smoke", "--storage", "res", "--name", "s", "--trials", "2"]
+    out = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2/2 trials finished" in out.stdout and "jiio analyze" in out.stdout
-    store = ResultStore(str(tmp_path))
+    store = ResultStore(str(tmp_path / "res"))
+    assert set(store.read("trials", "s")["status"]) == {"completed"}
     trials, steps, traces = (store.read(t, "s") for t in ("trials", "steps", "traces"))
     assert set(trials.columns) >= TRIAL_COLUMNS, TRIAL_COLUMNS - set(trials.columns)
     assert set(steps.columns) >= STEP_COLUMNS, STEP_COLUMNS - set(steps.columns)
@@ -110,7 +113,7 @@ def test_small_sweep_writes_the_three_tables(tmp_path):
         assert all(str(f.type) != "null" for f in schema), schema
     _check_consistent(store, "s", 2)
     # Running it again without --resume refuses with a clear message.
-    again = _sweep(tmp_path, "s", "--trials", "2")
+    again = _sweep(tmp_path / "res", "s", "--trials", "2")
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
