@@ -289,7 +289,12 @@ def _record_stopped(store: ResultStore, cfg: SweepConfig, grid) -> None:
         if tid in have:
             continue
         last = result.metrics or {}
-        status = "error" if result.error is not None else "pruned"
+        if result.error is not None:
+            status = "error"
+        elif last.get("final"):  # it finished, but its own row is missing: keep what it reported
+            status = str(last.get("status", "completed"))
+        else:
+            status = "pruned"  # stopped early by the scheduler
         row = {
             "trial_id": tid,
             "status": status,
