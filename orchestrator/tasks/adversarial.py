@@ -158,7 +158,8 @@ class AdversarialTrainer(Trainer):
         diverged, or a non-finite loss or gradient, makes the step a diverged step with no
         update. ``jac_reg > 0`` adds the Hutchinson Jacobian penalty at the final ``(z, x)``
         of the step (the paper's code takes a random JIIO iterate; the final one is as valid
-        a point of the trajectory and costs nothing extra to pick).
+        a point of the trajectory and costs nothing extra to pick). ``backward_mode_mu`` is 1
+        when the outer backward reused ``mu*`` (0 when it solved, or when no backward ran).
         """
         cfg = self.config
         t0 = self._clock()
@@ -207,8 +208,7 @@ class AdversarialTrainer(Trainer):
     def _grads_finite(self) -> bool:
         """Whether every gradient entry is finite (one host sync for all parameters)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        sq = [p.grad.detach().pow(2).sum() for p in params]
-        return not sq or bool(torch.isfinite(torch.stack(sq).sum()))
+        return not params or bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all())
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:

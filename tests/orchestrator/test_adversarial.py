@@ -259,21 +259,24 @@ def test_rejects_other_tasks(data):
         AdversarialTrainer(TaskConfig(task="generative", mode="jiio"), data)
 
 
-# Slow: real training. eps=1.0 on 16x16 digits in [0, 1] (per-image L2 norm about 7) is the
-# paper's MNIST radius relative to image energy; SLOW_* are the settings reported.
-SLOW_EPS = 1.0
-
-
 @pytest.mark.slow
 def test_adversarial_training_buys_robustness():
+    """Real training on all 1293 training digits (16x16), 3 epochs, batch 64, per mode.
+
+    eps = 1.0 (the paper's MNIST radius): a 16x16 digit in [0, 1] has an L2 norm of about 7
+    (MNIST 28x28: about 9.3), so the ball is as large relative to the image as the paper's.
+    Evaluation: the first 128 test digits, PGD 5 steps of 0.5, JIIO 30 iterations.
+    Run: ``.venv/bin/python -m pytest tests/orchestrator/test_adversarial.py -m slow -s -q``.
+    Seen (CPU, 2 shared cores, 250 s): clean-trained 98% clean but 1% / 6% under PGD /
+    JIIO; PGD- and JIIO-trained 92-94% clean, 46-50% under PGD, 56-63% under JIIO.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    data_cfg = DataConfig(dataset="digits")
     base = TaskConfig(
         task="adversarial",
         epochs=3,
         batch_size=64,
         lr=5e-3,
-        eps=SLOW_EPS,
+        eps=1.0,
         pgd_steps=5,
         pgd_step_size=0.5,
         deq_max_iter=20,
@@ -282,18 +285,19 @@ def test_adversarial_training_buys_robustness():
         jiio=JIIOConfig.paper("mnist_adversarial").replace(max_iter=30, alpha_x_switch_iter=20),
         device=device,
     )
-    results, times = {}, {}
+    results, seconds = {}, {}
     for mode in ("clean", "pgd", "jiio"):
         t = time.perf_counter()
-        result, _ = train_adversarial(base.replace(mode=mode), data_cfg)
-        times[mode] = time.perf_counter() - t
+        result, _ = train_adversarial(base.replace(mode=mode), DataConfig(dataset="digits"))
+        seconds[mode] = round(time.perf_counter() - t, 1)
         assert result.status == "completed"
         results[mode] = result.metrics
     table = attack_table(results)
-    print("\n" + format_table(table))
-    print({m: round(s, 1) for m, s in times.items()}, {m: r for m, r in results.items()})
-    clean_robust = max(table["clean"]["pgd"], table["clean"]["jiio"])
-    for mode in ("pgd", "jiio"):
-        assert table[mode]["pgd"] > clean_robust + 0.2, table
-        assert table[mode]["jiio"] > clean_robust + 0.2, table
+    print(f"\n{format_table(table)}\ntrain+eval seconds: {seconds}")
+    for mode, m in results.items():
+        print(mode, {k: round(v, 3) for k, v in m.items()})
     assert table["clean"]["clean"] > 0.8, table
+    undefended = max(table["clean"]["pgd"], table["clean"]["jiio"])
+    for mode in ("pgd", "jiio"):
+        assert min(table[mode]["pgd"], table[mode]["jiio"]) > undefended + 0.25, table
+        assert table[mode]["clean"] > 0.75, table
