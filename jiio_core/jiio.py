@@ -97,8 +97,9 @@ def jiio_solve(
     """Jointly find ``z* = f(z*, x*)`` and ``x* = argmin_x loss(z*(x))`` (on ``project``'s set).
 
     ``f(z, x)``: the DEQ cell, batched on dim 0. ``loss(z)``: per-sample objective ``(B,)``
-    to minimise (adversarial: pass the negated task loss). ``z0`` defaults to
-    ``f.init_z(x0)`` when ``f`` has it, else zeros shaped like ``x0``.
+    to minimise (adversarial: pass the negated task loss). ``z0`` defaults to one step
+    ``f(z_init, x0)`` from ``z_init = f.init_z(x0)`` when ``f`` has it, else zeros shaped
+    like ``x0`` (that step is not counted in ``iterations``).
 
     Example (x* = 1 minimises (z* - 2)^2 with z* = (x + 1) / (1 - 0.5) ... solved jointly):
         >>> import torch
@@ -117,8 +118,11 @@ def jiio_solve(
     if project is not None:
         x0 = project(x0)
     if z0 is None:
+        # One cell step from f.init_z (or zeros): normalisation layers (GroupNorm) are
+        # near-singular at z = 0, and their huge first input gradients would throw x far off.
         init = getattr(f, "init_z", None)
-        z0 = init(x0) if callable(init) else torch.zeros_like(x0)
+        with torch.no_grad():
+            z0 = f(init(x0) if callable(init) else torch.zeros_like(x0), x0)
     z0 = z0.detach().to(dtype=x0.dtype)
     if z0.shape[0] != B:
         raise ValueError(f"z0 has batch size {z0.shape[0]} but x0 has {B}")

@@ -1,7 +1,8 @@
 """The ``jiio`` command line: one sub-command per entry of :data:`COMMANDS`.
 
-``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`).
-Adding a sub-command (``analyze``, ``sweep``) is one entry in :data:`COMMANDS`: a help
+``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
+``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
+scripts in ``sweeps/``). Adding a sub-command is one entry in :data:`COMMANDS`: a help
 line, a function that adds its arguments to an ``argparse`` parser, and a function that
 runs it from the parsed namespace and returns the exit code.
 
@@ -52,6 +53,50 @@ def _bench_run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
 
 
+def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="storage root of the results: a directory, s3://... or gs://...")
+    parser.add_argument("--name", default=None, help="one sweep (default: every sweep under PATH)")
+    parser.add_argument("--out", default=None, help="directory for the PNG plots (default: analysis/<sweep>)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def _analyze_run(args: argparse.Namespace) -> int:
+    from orchestrator import analyze
+
+    try:
+        return analyze.run(args.path, args.name, args.out, args.json, plots=not args.no_plots)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise UsageError(str(err)) from None
+
+
+_SWEEPS = ("alpha", "solver")
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("script", choices=_SWEEPS, help="which sweep: sweeps/<script>.py")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's own flags (see its --help)")
+
+
+def _sweep_run(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps", f"{args.script}.py"
+    )
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} not found: jiio sweep needs the repository checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location(f"_jiio_sweep_{args.script}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from orchestrator.sweep_cli import main as sweep_main
+
+    sys.argv = [path, *args.args]  # the resume hint repeats this command line
+    return sweep_main(module.SPEC, list(args.args))
+
+
 #: sub-command name -> (help, add_arguments, run). Imports happen inside the functions, so
 #: ``jiio --help`` stays fast and one command's dependencies never slow another down.
 COMMANDS: dict[str, Command] = {
@@ -60,6 +105,8 @@ COMMANDS: dict[str, Command] = {
         _bench_arguments,
         _bench_run,
     ),
+    "analyze": Command("tables and plots from a sweep's Parquet results", _analyze_arguments, _analyze_run),
+    "sweep": Command("run a sweep (same as python sweeps/<script>.py ...)", _sweep_arguments, _sweep_run),
 }
 
 
