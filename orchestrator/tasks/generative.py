@@ -12,6 +12,7 @@ Gaussian fitted to training latents turns the decoder into a sampler (as in RAEs
 
 Example::
 
+    import torch
     from orchestrator.data import DataConfig
     from orchestrator.tasks.common import TaskConfig
     from orchestrator.tasks.generative import train_generative
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from jiio_core import DEQ, DEQConfig, ImageHead, JIIOResult, MDEQCell, adam_latent, jiio_solve
-from orchestrator.data import DataConfig, load_dataset, make_loader
+from orchestrator.data import DataConfig, DatasetSplits, load_dataset, make_loader
 from orchestrator.tasks.common import (
     Callback,
     StepOutcome,
@@ -97,7 +98,7 @@ class LatentSolve:
 class GenerativeTrainer(Trainer):
     """MDEQ decoder trained on reconstruction at the latent found by JIIO or Adam."""
 
-    def __init__(self, config: TaskConfig, data: Any) -> None:
+    def __init__(self, config: TaskConfig, data: DatasetSplits) -> None:
         super().__init__(config, data)
         c = config
         self.deq = DEQ(
@@ -218,7 +219,7 @@ class GenerativeTrainer(Trainer):
             metrics["backward_mode_mu"] = float(mode == "mu")
             metrics["backward_mode_ift"] = float(mode == "ift")
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             self.optimizer.zero_grad(set_to_none=True)
             metrics["step_s"] = time.perf_counter() - t0
             return StepOutcome(metrics, diverged=True, trace=trace)

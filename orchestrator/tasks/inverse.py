@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orchestrator.data import DataConfig, load_dataset
+from orchestrator.data import DataConfig, DatasetSplits, load_dataset
 from orchestrator.tasks.common import Callback, TaskConfig, TaskResult
 from orchestrator.tasks.generative import GenerativeTrainer
 
@@ -83,7 +83,7 @@ class InverseTrainer(GenerativeTrainer):
     """Inpainting / denoising: a generative decoder evaluated (and, supervised, trained) on
     corrupted measurements. Evaluation adds ``corrupted_psnr`` to the generative metrics."""
 
-    def __init__(self, config: TaskConfig, data: Any) -> None:
+    def __init__(self, config: TaskConfig, data: DatasetSplits) -> None:
         if config.task not in INVERSE_TASKS:
             raise ValueError(f"InverseTrainer needs task in {INVERSE_TASKS}, got {config.task!r}")
         super().__init__(config, data)
