@@ -188,7 +188,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     """Run (or continue) the sweep ``cfg``; returns how many trials are finished."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     store = ResultStore(cfg.storage)
     trials = store.read("trials", cfg.name)
@@ -231,7 +231,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     if cfg.scheduler == "asha":
         # max_t one past the last epoch: ASHA must never stop a trial at its last report,
         # after which the trial writes its own row and reports once more.
-        scheduler = ASHAScheduler(
+        scheduler = _pruning_asha(cfg.name, tuple(cfg.space))(
             metric=cfg.metrics[0],
             mode=cfg.modes[0],
             time_attr="epoch",
@@ -263,7 +263,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     interrupted = False
     try:
         grid = tuner.fit()
-        _record_stopped(store, cfg, grid)
+        _record_stopped(store, cfg, grid, getattr(scheduler, "pruned", set()))
     except KeyboardInterrupt:
         interrupted = True
     if len(cfg.metrics) > 1:
@@ -280,8 +280,28 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     return SweepOutcome(n_done, cfg.trials, len(enqueue), interrupted, cfg.storage)
 
 
-def _record_stopped(store: ResultStore, cfg: SweepConfig, grid) -> None:
-    """Trials Tune stopped (ASHA) or that failed past their retries get a row from here."""
+def _pruning_asha(sweep: str, searched: tuple[str, ...]):
+    """ASHA that remembers which trials it stopped, so only those are recorded as pruned
+    (a trial stopped by Ctrl-C stays pending and continues on resume)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class PruningASHA(ASHAScheduler):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.pruned: set[str] = set()
+
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and not result.get("final"):
+                self.pruned.add(make_trial_id(sweep, {k: trial.config[k] for k in searched}))
+            return action
+
+    return PruningASHA
+
+
+def _record_stopped(store: ResultStore, cfg: SweepConfig, grid, pruned: set[str]) -> None:
+    """Trials ASHA stopped or that failed past their retries get a row from here; trials
+    stopped by an interruption stay pending, to continue on resume."""
     have = set(store.read("trials", cfg.name)["trial_id"])
     for result in grid:
         params = {k: result.config[k] for k in cfg.space if k in result.config}
@@ -293,8 +313,10 @@ def _record_stopped(store: ResultStore, cfg: SweepConfig, grid) -> None:
             status = "error"
         elif last.get("final"):  # it finished, but its own row is missing: keep what it reported
             status = str(last.get("status", "completed"))
+        elif tid in pruned:
+            status = "pruned"
         else:
-            status = "pruned"  # stopped early by the scheduler
+            continue  # interrupted: its pending record and checkpoint let a resume continue it
         row = {
             "trial_id": tid,
             "status": status,

@@ -202,3 +202,43 @@ def test_worker_node_killed_mid_sweep_every_trial_completes(tmp_path):
         assert "errored" in text or "Error" in text, "the killed node should have failed a trial"
     finally:
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_resume_command_and_loses_nothing(tmp_path):
+    store = ResultStore(str(tmp_path))
+    cmd = [
+        sys.executable,
+        SCRIPT,
+        "--smoke",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "i",
+        "--trials",
+        "3",
+        "--max-concurrent",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    t0 = time.time()
+    while time.time() - t0 < 300 and not store.keys("trials", "i"):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "--resume" in err.splitlines()[-1] and "nothing is lost" in err
+    assert set(store.read("trials", "i")["status"]) == {"completed"}  # the interrupted one is not "pruned"
+    resumed = subprocess.run(
+        [*cmd, "--resume"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _check_consistent(store, "i", 3)
