@@ -229,13 +229,12 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         extra={"gpus_per_trial": cfg.gpus_per_trial, "cpus_per_trial": cfg.cpus_per_trial, **cfg.extra},
     )
     if cfg.scheduler == "asha":
-        # max_t one past the last epoch: ASHA must never stop a trial at its last report,
-        # after which the trial writes its own row and reports once more.
+        # A trial reports its last epoch only after writing its row, so a stop there is harmless.
         scheduler = _pruning_asha(cfg.name, tuple(cfg.space))(
             metric=cfg.metrics[0],
             mode=cfg.modes[0],
             time_attr="epoch",
-            max_t=int(cfg.fixed.get("epochs", 1)) + 1,
+            max_t=max(1, int(cfg.fixed.get("epochs", 1))),
             grace_period=1,
             reduction_factor=2,
         )

@@ -153,7 +153,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     full = {k: v for k, v in task_cfg.to_flat().items() if k != "device"}
     base_row["started_at"] = started_at
     _finish(store, meta, trial_id, {**full, **base_row}, status, result_metrics, t0)
-    tune.report(
+    tune.report(  # the last report: ASHA may stop the trial here, after its row is written
         {
             **_objective(result_metrics, meta, status == "diverged"),
             "final": True,
@@ -237,7 +237,10 @@ def _train(task_cfg, data, meta, store, trial_id, base_row) -> tuple[dict[str, A
                 k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             metrics.update(derived_metrics(task_cfg.task, metrics))
-            tune.report({**metrics, **_objective(row, meta, False), "final": False, "trial_key": trial_id})
+            if row["epoch"] < task_cfg.epochs:  # the last epoch is reported once the row is written
+                tune.report(
+                    {**metrics, **_objective(metrics, meta, False), "final": False, "trial_key": trial_id}
+                )
 
     result = trainer.fit(callback)
     if steps:  # the rows of an epoch that ended early (diverged)
