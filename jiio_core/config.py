@@ -36,6 +36,24 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _at_least(value: Any, field: str, low: float, strict: bool = False) -> None:
+    ok = _finite(value) and (value > low if strict else value >= low)
+    _check(ok, field, f"a finite number {'>' if strict else '>='} {low:g}", value)
+
+
+def _check_solve_fields(cfg: Any) -> None:
+    """The fields DEQConfig and JIIOConfig share: solver, iterations, Anderson, backward."""
+    _in(cfg.solver, "solver", SOLVERS)
+    _pos_int(cfg.max_iter, "max_iter")
+    _at_least(cfg.tol, "tol", 0)
+    _pos_int(cfg.anderson_m, "anderson_m")
+    _at_least(cfg.anderson_lam, "anderson_lam", 0)
+    _in(cfg.backward, "backward", _BACKWARDS)
+    _pos_int(cfg.backward_max_iter, "backward_max_iter")
+    _at_least(cfg.backward_tol, "backward_tol", 0)
+    _at_least(cfg.divergence_factor, "divergence_factor", 1, strict=True)
+
+
 @dataclass(frozen=True)
 class DEQConfig:
     """How a plain DEQ finds its fixed point and differentiates through it.
@@ -60,30 +78,7 @@ class DEQConfig:
     divergence_factor: float = 1e4
 
     def __post_init__(self) -> None:
-        _in(self.solver, "solver", SOLVERS)
-        _pos_int(self.max_iter, "max_iter")
-        _check(_finite(self.tol) and self.tol >= 0, "tol", "a finite number >= 0", self.tol)
-        _pos_int(self.anderson_m, "anderson_m")
-        _check(
-            _finite(self.anderson_lam) and self.anderson_lam >= 0,
-            "anderson_lam",
-            "a finite number >= 0",
-            self.anderson_lam,
-        )
-        _in(self.backward, "backward", _BACKWARDS)
-        _pos_int(self.backward_max_iter, "backward_max_iter")
-        _check(
-            _finite(self.backward_tol) and self.backward_tol >= 0,
-            "backward_tol",
-            "a finite number >= 0",
-            self.backward_tol,
-        )
-        _check(
-            _finite(self.divergence_factor) and self.divergence_factor > 1,
-            "divergence_factor",
-            "a finite number > 1",
-            self.divergence_factor,
-        )
+        _check_solve_fields(self)
 
     @classmethod
     def paper(cls) -> DEQConfig:
@@ -143,11 +138,8 @@ class JIIOConfig:
         for name in ("alpha_z", "alpha_mu"):
             v = getattr(self, name)
             _check(_finite(v) and 0 < v <= 1, name, "in (0, 1]", v)
-        _check(_finite(self.alpha_x) and self.alpha_x > 0, "alpha_x", "a finite number > 0", self.alpha_x)
-        _in(self.solver, "solver", SOLVERS)
-        _pos_int(self.anderson_m, "anderson_m")
-        _pos_int(self.max_iter, "max_iter")
-        _check(_finite(self.tol) and self.tol >= 0, "tol", "a finite number >= 0", self.tol)
+        _at_least(self.alpha_x, "alpha_x", 0, strict=True)
+        _check_solve_fields(self)
         _check(isinstance(self.early_stop, bool), "early_stop", "a bool", self.early_stop)
         both = (self.alpha_x_switch_iter is None) == (self.alpha_x_after is None)
         _check(
@@ -158,41 +150,11 @@ class JIIOConfig:
         )
         if self.alpha_x_switch_iter is not None:
             _pos_int(self.alpha_x_switch_iter, "alpha_x_switch_iter")
-            _check(
-                _finite(self.alpha_x_after) and self.alpha_x_after > 0,
-                "alpha_x_after",
-                "a finite number > 0",
-                self.alpha_x_after,
-            )
+            _at_least(self.alpha_x_after, "alpha_x_after", 0, strict=True)
         _in(self.x_step, "x_step", ("gradient", "normalized"))
         _in(self.select, "select", ("last", "residual", "objective"))
-        _check(
-            _finite(self.select_slack) and self.select_slack >= 1,
-            "select_slack",
-            "a finite number >= 1",
-            self.select_slack,
-        )
+        _at_least(self.select_slack, "select_slack", 1)
         _in(self.anderson_type, "anderson_type", ("I", "II"))
-        _check(
-            _finite(self.anderson_lam) and self.anderson_lam >= 0,
-            "anderson_lam",
-            "a finite number >= 0",
-            self.anderson_lam,
-        )
-        _in(self.backward, "backward", _BACKWARDS)
-        _pos_int(self.backward_max_iter, "backward_max_iter")
-        _check(
-            _finite(self.backward_tol) and self.backward_tol >= 0,
-            "backward_tol",
-            "a finite number >= 0",
-            self.backward_tol,
-        )
-        _check(
-            _finite(self.divergence_factor) and self.divergence_factor > 1,
-            "divergence_factor",
-            "a finite number > 1",
-            self.divergence_factor,
-        )
 
     def alpha_x_at(self, iteration: int) -> float:
         """The x step size in use at (0-based) ``iteration``."""
