@@ -24,7 +24,6 @@ import platform
 import socket
 import subprocess
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,24 +134,19 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         "seed": meta.fixed.get("seed", 0),
         **params,
     }
-    try:
-        task_cfg = TaskConfig.from_flat({**meta.fixed, **params, "device": "cuda" if gpu else "cpu"})
-        data = load_dataset(DataConfig(**meta.data))
-        if meta.kind == "solve":
-            from orchestrator.solve_trial import run_solve
+    # A trial that raises stays pending with its checkpoint: Tune retries it (max_failures), a
+    # resumed sweep re-enqueues it, and the driver records an "error" row once retries are spent.
+    task_cfg = TaskConfig.from_flat({**meta.fixed, **params, "device": "cuda" if gpu else "cpu"})
+    data = load_dataset(DataConfig(**meta.data))
+    if meta.kind == "solve":
+        from orchestrator.solve_trial import run_solve
 
-            result_metrics, status = run_solve(task_cfg, data, meta, store, trial_id)
-        else:
-            result_metrics, status = _train(task_cfg, data, meta, store, trial_id, base_row)
-    except Exception:
-        # Left pending with its checkpoint: Tune retries it (max_failures), a resumed sweep
-        # re-enqueues it, and the driver records an "error" row once retries are spent.
-        traceback.print_exc()
-        raise
+        result_metrics, status = run_solve(task_cfg, data, meta, store, trial_id)
+    else:
+        result_metrics, status = _train(task_cfg, data, meta, store, trial_id)
     result_metrics.update(derived_metrics(task_cfg.task, result_metrics))
     full = {k: v for k, v in task_cfg.to_flat().items() if k != "device"}
-    base_row["started_at"] = started_at
-    _finish(store, meta, trial_id, {**full, **base_row}, status, result_metrics, t0)
+    _finish(store, meta, trial_id, {**full, **base_row, "started_at": started_at}, status, result_metrics, t0)
     tune.report(  # the last report: ASHA may stop the trial here, after its row is written
         {
             **_objective(result_metrics, meta, status == "diverged"),
@@ -174,7 +168,6 @@ def derived_metrics(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 def _finish(store, meta, trial_id, base_row, status, metrics, t0) -> None:
     row = {
-        **base_row,
         "status": status,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         "wall_s": time.perf_counter() - t0,
@@ -184,7 +177,7 @@ def _finish(store, meta, trial_id, base_row, status, metrics, t0) -> None:
         "error": None,
         **versions(),
     }
-    row.update(base_row)  # searched values win over fixed defaults
+    row.update(base_row)  # the trial's configuration wins over a same-named metric
     store.write("trials", meta.name, trial_id, [row])
     store.delete_checkpoint(meta.name, trial_id)
     store.delete_pending(meta.name, trial_id)
@@ -196,7 +189,7 @@ def _device_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _train(task_cfg, data, meta, store, trial_id, base_row) -> tuple[dict[str, Any], str]:
+def _train(task_cfg, data, meta, store, trial_id) -> tuple[dict[str, Any], str]:
     from ray import tune
 
     trainer = task_trainer(task_cfg, data)
