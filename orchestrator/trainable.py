@@ -168,6 +168,7 @@ def derived_metrics(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 def _finish(store, meta, trial_id, base_row, status, metrics, t0) -> None:
     row = {
+        "trial_id": trial_id,
         "status": status,
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
         "wall_s": time.perf_counter() - t0,
