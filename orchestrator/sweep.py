@@ -160,23 +160,28 @@ def _searcher(cfg: SweepConfig, finished, enqueue: list[dict[str, Any]]):
         sampler=sampler,
         points_to_evaluate=enqueue or None,
     )
+    worst = [-1e9 if m == "max" else 1e9 for m in cfg.modes]  # what a diverged trial reported
     for _, row in finished.iterrows():
         params = {k: _native(row[k]) for k in cfg.space if k in row}
-        values = [row.get(m) for m in cfg.metrics]
         if len(params) != len(cfg.space) or row["status"] == "error":
             continue
+        values = worst if row["status"] == "diverged" else [row.get(m) for m in cfg.metrics]
         if any(v is None or not math.isfinite(float(v)) for v in values):
             continue
-        if multi:  # OptunaSearch.add_evaluated_point takes one value; add the trial directly
-            trial = optuna.trial.create_trial(
-                state=optuna.trial.TrialState.COMPLETE,
-                values=[float(v) for v in values],
-                params=params,
-                distributions=searcher._space,
-            )
-            searcher._ot_study.add_trial(trial)
-        else:
-            searcher.add_evaluated_point(params, float(values[0]))
+        try:
+            if multi:  # OptunaSearch.add_evaluated_point takes one value; add the trial directly
+                searcher._ot_study.add_trial(
+                    optuna.trial.create_trial(
+                        state=optuna.trial.TrialState.COMPLETE,
+                        values=[float(v) for v in values],
+                        params=params,
+                        distributions=searcher._space,
+                    )
+                )
+            else:
+                searcher.add_evaluated_point(params, float(values[0]))
+        except ValueError as exc:  # e.g. a point outside a search space changed since
+            print(f"not telling the searcher about trial {row['trial_id']}: {exc}", file=sys.stderr)
     return ConcurrencyLimiter(searcher, max_concurrent=_concurrency(cfg))
 
 
