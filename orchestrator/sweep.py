@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.results import ResultStore
-from orchestrator.trainable import SweepMeta, make_trial_id, run_trial
+from orchestrator.trainable import SweepMeta, make_trial_id, run_trial, worst_value
 
 __all__ = ["Dim", "SweepConfig", "SweepExistsError", "SweepOutcome", "run_sweep"]
 
@@ -160,7 +160,7 @@ def _searcher(cfg: SweepConfig, finished, enqueue: list[dict[str, Any]]):
         sampler=sampler,
         points_to_evaluate=enqueue or None,
     )
-    worst = [-1e9 if m == "max" else 1e9 for m in cfg.modes]  # what a diverged trial reported
+    worst = [worst_value(m) for m in cfg.modes]
     for _, row in finished.iterrows():
         params = {k: _native(row[k]) for k in cfg.space if k in row}
         if len(params) != len(cfg.space) or row["status"] == "error":

@@ -101,7 +101,8 @@ def task_trainer(config: TaskConfig, data: Any):
     return InverseTrainer(config, data)
 
 
-def _worst(mode: str) -> float:
+def worst_value(mode: str) -> float:
+    """The objective value a diverged trial reports: the worst possible, as the searcher sees it."""
     return -1e9 if mode == "max" else 1e9
 
 
@@ -110,7 +111,7 @@ def _objective(metrics: dict[str, Any], meta: SweepMeta, bad: bool) -> dict[str,
     for name, mode in zip(meta.metrics, meta.modes, strict=True):
         v = metrics.get(name)
         ok = isinstance(v, (int, float)) and math.isfinite(v) and not bad
-        out[name] = float(v) if ok else _worst(mode)
+        out[name] = float(v) if ok else worst_value(mode)
     return out
 
 
