@@ -33,7 +33,7 @@ from orchestrator.data import DataConfig, load_dataset
 from orchestrator.results import ResultStore
 from orchestrator.tasks import TaskConfig
 
-__all__ = ["SweepMeta", "derived_metrics", "make_trial_id", "run_trial", "task_trainer", "versions"]
+__all__ = ["SweepMeta", "derived_metrics", "make_trial_id", "run_trial", "task_trainer", "versions", "worst_value"]
 
 
 @dataclass(frozen=True)
