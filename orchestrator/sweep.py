@@ -83,8 +83,9 @@ class SweepConfig:
     enqueue: tuple[dict[str, Any], ...] = ()
     seed: int = 0
     resume: bool = False
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0  # per worker when workers_per_trial > 1
+    gpus_per_trial: float = 0.0  # in all: a data-parallel trial spreads them over its workers
+    workers_per_trial: int = 1
     max_concurrent: int | None = None
     scheduler: str = "asha"
     max_failures: int = 2
@@ -110,6 +111,10 @@ class SweepConfig:
             raise ValueError("cpus_per_trial must be > 0 and gpus_per_trial >= 0")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError(f"gpus_per_trial above 1 must be a whole number, got {self.gpus_per_trial}")
+        if not isinstance(self.workers_per_trial, int) or self.workers_per_trial < 1:
+            raise ValueError(f"workers_per_trial must be an integer >= 1, got {self.workers_per_trial!r}")
+        if self.workers_per_trial > 1 and self.kind != "train":
+            raise ValueError("workers_per_trial > 1 (data-parallel trials) is for training sweeps only")
         if self.scheduler not in ("asha", "fifo"):
             raise ValueError(f"scheduler must be 'asha' or 'fifo', got {self.scheduler!r}")
         if self.scheduler == "asha" and len(self.metrics) > 1:
@@ -134,7 +139,7 @@ def _concurrency(cfg: SweepConfig) -> int:
     if cfg.max_concurrent is not None:
         return max(1, cfg.max_concurrent)
     res = ray.cluster_resources()
-    slots = math.floor(res.get("CPU", 0) / cfg.cpus_per_trial)
+    slots = math.floor(res.get("CPU", 0) / (cfg.cpus_per_trial * cfg.workers_per_trial))
     if cfg.gpus_per_trial > 0:
         if res.get("GPU", 0) < cfg.gpus_per_trial:
             print(
@@ -221,6 +226,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     _write_meta(store, cfg)
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
+    storage_path = cfg.storage if "://" in cfg.storage else store.base
     meta = SweepMeta(
         name=cfg.name,
         storage=cfg.storage if "://" in cfg.storage else store.base,  # trials run in other directories
@@ -231,7 +237,13 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         modes=cfg.modes,
         kind=cfg.kind,
         checkpoint=cfg.checkpoint,
-        extra={"gpus_per_trial": cfg.gpus_per_trial, "cpus_per_trial": cfg.cpus_per_trial, **cfg.extra},
+        extra={
+            "gpus_per_trial": cfg.gpus_per_trial,
+            "cpus_per_trial": cfg.cpus_per_trial,
+            "workers_per_trial": cfg.workers_per_trial,
+            "ray_storage": f"{storage_path}/ray",
+            **cfg.extra,
+        },
     )
     if cfg.scheduler == "asha":
         # A trial reports its last epoch only after writing its row, so a stop there is harmless.
@@ -245,10 +257,10 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
         )
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, meta=meta), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
-    )
-    storage_path = cfg.storage if "://" in cfg.storage else store.base
+    # A data-parallel trial is a driver only: its Ray Train workers request the resources.
+    dp = cfg.workers_per_trial > 1
+    resources = {"cpu": 0.01} if dp else {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, meta=meta), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -70,7 +70,15 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
         default=None,
         help="GPUs per trial; fractions share a GPU (default: 0.25 if the cluster has GPUs, else 0)",
     )
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument(
+        "--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker if data parallel)"
+    )
+    p.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=1,
+        help="data-parallel Ray Train workers per trial (default: one per GPU when --gpus-per-trial >= 2)",
+    )
     p.add_argument(
         "--max-concurrent", type=int, default=None, help="default: what the cluster's resources allow"
     )
@@ -99,8 +107,11 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         gpus = 0.25 if _cluster_gpus(args.address) > 0 else 0.0
     if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
         parser.error("--gpus-per-trial must be >= 0, and whole above 1")
-    if gpus > 1:
-        parser.error("--gpus-per-trial above 1 (data-parallel trials) is not supported yet; use <= 1")
+    workers = args.workers_per_trial
+    if workers < 1:
+        parser.error("--workers-per-trial must be >= 1")
+    if gpus >= 2 and workers == 1:
+        workers = int(gpus)  # whole GPUs above one: one data-parallel worker per GPU
     space = spec.space(args.task)
     metrics, modes = spec.objective(args.task)
     name = args.name or f"{spec.default_name}-{args.task}-{args.dataset}"
@@ -123,6 +134,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             resume=args.resume,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=gpus,
+            workers_per_trial=workers,
             max_concurrent=args.max_concurrent,
             scheduler=spec.scheduler,
             kind=spec.kind,

@@ -33,7 +33,15 @@ from orchestrator.data import DataConfig, load_dataset
 from orchestrator.results import ResultStore
 from orchestrator.tasks import TaskConfig
 
-__all__ = ["SweepMeta", "derived_metrics", "make_trial_id", "run_trial", "task_trainer", "versions", "worst_value"]
+__all__ = [
+    "SweepMeta",
+    "derived_metrics",
+    "make_trial_id",
+    "run_trial",
+    "task_trainer",
+    "versions",
+    "worst_value",
+]
 
 
 @dataclass(frozen=True)
@@ -138,13 +146,20 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     # A trial that raises stays pending with its checkpoint: Tune retries it (max_failures), a
     # resumed sweep re-enqueues it, and the driver records an "error" row once retries are spent.
     task_cfg = TaskConfig.from_flat({**meta.fixed, **params, "device": "cuda" if gpu else "cpu"})
-    data = load_dataset(DataConfig(**meta.data))
     if meta.kind == "solve":
         from orchestrator.solve_trial import run_solve
 
-        result_metrics, status = run_solve(task_cfg, data, meta, store, trial_id)
+        result_metrics, status = run_solve(
+            task_cfg, load_dataset(DataConfig(**meta.data)), meta, store, trial_id
+        )
+    elif meta.extra.get("workers_per_trial", 1) > 1:
+        from orchestrator.data_parallel import train_data_parallel
+
+        result_metrics, status = train_data_parallel(task_cfg, meta, store, trial_id)
     else:
-        result_metrics, status = _train(task_cfg, data, meta, store, trial_id)
+        result_metrics, status = _train(
+            task_cfg, load_dataset(DataConfig(**meta.data)), meta, store, trial_id
+        )
     result_metrics.update(derived_metrics(task_cfg.task, result_metrics))
     full = {k: v for k, v in task_cfg.to_flat().items() if k != "device"}
     _finish(store, meta, trial_id, {**full, **base_row, "started_at": started_at}, status, result_metrics, t0)
@@ -191,9 +206,12 @@ def _device_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _train(task_cfg, data, meta, store, trial_id) -> tuple[dict[str, Any], str]:
-    from ray import tune
-
+def _train(task_cfg, data, meta, store, trial_id, rank: int = 0, report=None) -> tuple[dict[str, Any], str]:
+    """Train one trial. ``rank`` > 0 (a data-parallel worker other than the first) writes
+    nothing; ``report`` sends epoch metrics (default: ``tune.report``)."""
+    if report is None:
+        from ray.tune import report
+    writer = rank == 0
     trainer = task_trainer(task_cfg, data)
     blob = store.load_checkpoint(meta.name, trial_id)
     if blob is not None:
@@ -224,20 +242,21 @@ def _train(task_cfg, data, meta, store, trial_id) -> tuple[dict[str, Any], str]:
                 for i in range(n)
             )
         if row.get("epoch_end"):
-            flush(row["epoch"])
-            buf = io.BytesIO()
-            torch.save(trainer.state_dict(), buf)
-            store.save_checkpoint(meta.name, trial_id, buf.getvalue())
+            if writer:
+                flush(row["epoch"])
+                buf = io.BytesIO()
+                torch.save(trainer.state_dict(), buf)
+                store.save_checkpoint(meta.name, trial_id, buf.getvalue())
+            steps.clear()
+            traces.clear()
             metrics = {
                 k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             metrics.update(derived_metrics(task_cfg.task, metrics))
             if row["epoch"] < task_cfg.epochs:  # the last epoch is reported once the row is written
-                tune.report(
-                    {**metrics, **_objective(metrics, meta, False), "final": False, "trial_key": trial_id}
-                )
+                report({**metrics, **_objective(metrics, meta, False), "final": False, "trial_key": trial_id})
 
     result = trainer.fit(callback)
-    if steps:  # the rows of an epoch that ended early (diverged)
+    if steps and writer:  # the rows of an epoch that ended early (diverged)
         flush(trainer.epoch + 1)
     return {**result.metrics, "steps": result.steps}, result.status

@@ -245,6 +245,11 @@ class Trainer(ABC):
             m.to(self.device)
         params = [p for m in self.modules.values() for p in m.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        dist = torch.distributed
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if self.world > 1:  # data parallel: same start everywhere, one averaged step per batch
+            for p in params:
+                dist.broadcast(p.data, 0)
         steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
         if config.max_steps_per_epoch is not None:
             steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -252,6 +257,15 @@ class Trainer(ABC):
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, config.epochs * steps_per_epoch)
         )
+        if self.world > 1:  # tasks call optimizer.step(); the real, averaged step comes after the batch
+            self._step, self._wants_step = self.optimizer.step, False
+
+            def deferred(*args: Any, **kwargs: Any) -> None:
+                self._wants_step = True
+                self.optimizer._opt_called = True  # what the LR scheduler checks
+
+            deferred._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+            self.optimizer.step = deferred  # type: ignore[method-assign]
         self.epoch = 0
         self.global_step = 0
         self.last_metrics: dict[str, float] = {}  # of the last evaluate(): a resumed, finished run has them
@@ -311,6 +325,8 @@ class Trainer(ABC):
                 for m in self.modules.values():
                     m.train()
                 out = self.train_step(x.to(self.device), y.to(self.device))
+                if self.world > 1:
+                    out.diverged = self._all_reduce_step(out.diverged)
                 bad_run = bad_run + 1 if out.diverged else 0
                 self.global_step += 1
                 self.scheduler.step()
@@ -340,6 +356,28 @@ class Trainer(ABC):
                 {"step": self.global_step, "epoch": self.epoch, "phase": "eval", "epoch_end": True, **metrics}
             )
         return TaskResult("completed", metrics, self.global_step, time.perf_counter() - t_start)
+
+    def _all_reduce_step(self, diverged: bool) -> bool:
+        """Data parallel: average the gradients of the ranks that stepped, then step once, on
+        every rank (each reaches this after every batch, so no collective can hang). The step
+        counts as diverged when more than half of the ranks' did."""
+        dist = torch.distributed
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for p in params:
+            if p.grad is None or diverged or not self._wants_step:
+                p.grad = torch.zeros_like(p)
+        flags = torch.tensor([float(diverged), float(self._wants_step and not diverged)], device=self.device)
+        dist.all_reduce(flags)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        if flags[1] > 0:
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p) / flags[1])
+                offset += p.numel()
+            self._step()
+        self._wants_step = False
+        return bool(flags[0] > self.world / 2)
 
     def want_trace(self) -> bool:
         return self.config.trace_every > 0 and (self.global_step + 1) % self.config.trace_every == 0
