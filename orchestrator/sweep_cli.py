@@ -89,6 +89,9 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
         "--address", default=None, help="Ray address (default: a running cluster, else a local one)"
     )
     p.add_argument("--no-reuse-actors", action="store_true", help="start a fresh actor for every trial")
+    p.add_argument(
+        "--no-early-stop", action="store_true", help="run every trial to its end (no ASHA pruning)"
+    )
     p.add_argument("--smoke", action="store_true", help="a seconds-long sweep that exercises everything")
     return p
 
@@ -136,7 +139,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             gpus_per_trial=gpus,
             workers_per_trial=workers,
             max_concurrent=args.max_concurrent,
-            scheduler=spec.scheduler,
+            scheduler="fifo" if args.no_early_stop else spec.scheduler,
             kind=spec.kind,
             reuse_actors=not args.no_reuse_actors,
             address=args.address,

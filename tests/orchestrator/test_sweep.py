@@ -186,6 +186,7 @@ def test_worker_node_killed_mid_sweep_every_trial_completes(tmp_path):
             "4",
             "--address",
             cluster.address,
+            "--no-early-stop",
         ]
         log = open(tmp_path / "run.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
