@@ -101,7 +101,7 @@ def jiio_solve(
     ``f(z_init, x0)`` from ``z_init = f.init_z(x0)`` when ``f`` has it, else zeros shaped
     like ``x0`` (that step is not counted in ``iterations``).
 
-    Example (x* = 1 minimises (z* - 2)^2 with z* = (x + 1) / (1 - 0.5) ... solved jointly):
+    Example (z*(x) = x + 1, so x* = 1 minimises (z* - 2)^2; found in one joint solve):
         >>> import torch
         >>> f = lambda z, x: 0.5 * z + 0.5 * (x + 1.0)      # z*(x) = x + 1
         >>> loss = lambda z: ((z - 2.0) ** 2).sum(1)          # minimised at x* = 1
