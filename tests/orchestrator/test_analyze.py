@@ -92,3 +92,14 @@ def test_run_reports_missing_sweeps_clearly(tmp_path, capsys):
     assert out["best"][0]["trial_id"] == "a" and len(out["plots"]) == 3
     with pytest.raises(FileNotFoundError, match="sweeps there: s"):
         run(store.root, "nope", None, as_json=False, plots=False)
+
+
+def test_jiio_analyze_command_line(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    store = _store(tmp_path)
+    assert main(["analyze", store.root, "--name", "s", "--json", "--no-plots"]) == 0
+    assert json.loads(capsys.readouterr().out)["best"][0]["trial_id"] == "a"
+    assert main(["analyze", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jiio analyze: error: no results")
