@@ -1,0 +1,341 @@
+"""Shared parts of ``jiio bench`` (:mod:`orchestrator.bench`): the error type, the flags both
+benchmarks take, progress and timing helpers, device and environment, data, checkpoint loading
+and model building, and the interleaved timing loop."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, MDEQCell, MDEQConfig
+from orchestrator.data import (
+    DATASETS,
+    DataConfig,
+    DatasetNotFoundError,
+    DatasetSplits,
+    load_dataset,
+    make_loader,
+)
+from orchestrator.tasks.common import mdeq_config
+
+__all__ = [
+    "_TRAIN_DEQ",
+    "BenchInputError",
+    "_CallClock",
+    "_Log",
+    "_baseline_deq",
+    "_build",
+    "_common_arguments",
+    "_device",
+    "_device_name",
+    "_environment",
+    "_interleave",
+    "_load",
+    "_load_checkpoint",
+    "_load_data",
+    "_nonneg_float",
+    "_nonneg_int",
+    "_number",
+    "_pos_float",
+    "_pos_int",
+    "_setup",
+    "_steps",
+    "_sync",
+    "_test_batch",
+    "_timed",
+    "_z0",
+]
+
+# Classifier training (attack): a plain DEQ, Anderson, the sweeps' default tolerances.
+_TRAIN_DEQ = DEQConfig(solver="anderson", max_iter=20, tol=1e-3, backward_max_iter=15)
+
+
+class BenchInputError(Exception):
+    """Bad input from the user (flags, files, device): reported in one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
+    what = f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+_pos_int = _number(int, 1, strict=False)
+_nonneg_int = _number(int, 0, strict=False)
+_pos_float = _number(float, 0.0, strict=True)
+_nonneg_float = _number(float, 0.0, strict=False)
+
+
+def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: int) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: digits (no files needed)")
+    p.add_argument("--data-root", default=None, help="directory holding the dataset (all but digits)")
+    p.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")
+    p.add_argument(
+        "--size",
+        choices=("tiny", "paper"),
+        default="tiny",
+        help="MDEQ size (orchestrator.tasks.common.mdeq_config); a checkpoint's own size wins",
+    )
+    p.add_argument("--checkpoint", default=None, help="a torch.save'd Trainer.state_dict (modules cell/head)")
+    p.add_argument(
+        "--train-steps",
+        type=_pos_int,
+        default=train_steps,
+        help=f"Adam steps of the in-process training when no --checkpoint (default {train_steps})",
+    )
+    p.add_argument("--batch", type=_pos_int, default=batch, help=f"held-out batch size (default {batch})")
+    p.add_argument("--reps", type=_pos_int, default=3, help="timed repetitions, median reported (default 3)")
+    p.add_argument(
+        "--deq-solver",
+        choices=SOLVERS,
+        default="broyden",
+        help="solver of the baseline's plain DEQ (default broyden: the paper's Broyden 18/18)",
+    )
+    p.add_argument(
+        "--jiio-z0",
+        choices=("step", "zeros"),
+        default="step",
+        help="JIIO's initial state: step = f(0, x0), one cell evaluation, timed (default); "
+        "zeros = jiio_solve's default",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--threads",
+        type=_nonneg_int,
+        default=1,
+        help="torch CPU threads (default 1: steady timings on a shared machine, where more threads "
+        "than free cores make every method several times slower; 0: torch's default)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+class _Log:
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet, self.t0 = name, quiet, time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[jiio bench {self.name} {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+class _CallClock:
+    """Wraps a model; records when each call starts (synchronised), relative to ``reset``,
+    and the input of each call (a reference, no copy).
+
+    A baseline that calls the model once per step (``pgd_attack``, ``adam_latent``) calls it
+    the k-th time (0-based) exactly when its k-th iterate exists: ``starts[k]`` is the time
+    it took to compute that iterate, ``inputs[k]`` the iterate itself.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], device: torch.device) -> None:
+        self.fn, self.device = fn, device
+        self.starts: list[float] = []
+        self.inputs: list[Tensor] = []
+        self.t0 = time.perf_counter()
+
+    def reset(self) -> None:
+        _sync(self.device)
+        self.starts, self.inputs, self.t0 = [], [], time.perf_counter()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        _sync(self.device)
+        self.starts.append(time.perf_counter() - self.t0)
+        self.inputs.append(x.detach())
+        return self.fn(x)
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchInputError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
+    return torch.device(args.device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU's marketing name
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _load_data(args: argparse.Namespace) -> DatasetSplits:
+    try:
+        return load_dataset(
+            DataConfig(dataset=args.dataset, data_root=args.data_root, download=args.download, seed=args.seed)
+        )
+    except (ValueError, DatasetNotFoundError) as err:
+        raise BenchInputError(str(err)) from None
+
+
+def _load_checkpoint(path: str, bench: str) -> dict[str, Any]:
+    """The modules and flat config of a Trainer checkpoint, checked for ``bench``."""
+    if not os.path.isfile(path):
+        raise BenchInputError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip or I/O errors: all mean "not a checkpoint"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BenchInputError(f"cannot read checkpoint {path}: {first}") from None
+    modules = state.get("modules") if isinstance(state, dict) else None
+    if not isinstance(modules, dict) or not {"cell", "head"} <= set(modules):
+        raise BenchInputError(
+            f"{path} is not a Trainer checkpoint: expected a dict with 'modules' holding 'cell' and 'head'"
+        )
+    config = state.get("config") or {}
+    if not isinstance(config, dict):
+        raise BenchInputError(f"{path}: 'config' must be a flat dict of the run's TaskConfig")
+    task = config.get("task")
+    wanted = ("adversarial",) if bench == "attack" else ("generative", "inpainting", "denoising")
+    if task is not None and task not in wanted:
+        raise BenchInputError(
+            f"{path} holds a {task!r} model; bench {bench} needs a checkpoint of task {' or '.join(wanted)}"
+        )
+    return {"modules": modules, "config": config}
+
+
+def _build(
+    args: argparse.Namespace, splits: DatasetSplits, bench: str
+) -> tuple[MDEQCell, nn.Module, dict[str, Any] | None, str, int | None]:
+    """Cell and head (from the checkpoint when given); also the checkpoint, size, latent dim."""
+    ckpt = _load_checkpoint(args.checkpoint, bench) if args.checkpoint else None
+    config = ckpt["config"] if ckpt else {}
+    size = config.get("model_size", args.size)
+    latent = None if bench == "attack" else int(config.get("latent_dim", args.latent_dim))
+    if ckpt and config.get("dataset") not in (None, args.dataset):
+        raise BenchInputError(
+            f"checkpoint was trained on {config['dataset']!r}: pass --dataset {config['dataset']}"
+        )
+    try:
+        mcfg: MDEQConfig = mdeq_config(size, splits.image_size, splits.channels, latent_dim=latent)
+    except ValueError as err:
+        raise BenchInputError(f"cannot build the {size} MDEQ: {err}") from None
+    cell = MDEQCell(mcfg)
+    head: nn.Module = ClassifierHead(mcfg, splits.num_classes or 10) if bench == "attack" else ImageHead(mcfg)
+    if ckpt:
+        try:
+            cell.load_state_dict(ckpt["modules"]["cell"])
+            head.load_state_dict(ckpt["modules"]["head"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise BenchInputError(
+                f"checkpoint {args.checkpoint} does not fit a {size} MDEQ for {args.dataset}: {first}"
+            ) from None
+    return cell, head, ckpt, size, latent
+
+
+def _test_batch(splits: DatasetSplits, batch: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    if len(splits.test) < batch:
+        raise BenchInputError(f"--batch {batch} is larger than the test split ({len(splits.test)} images)")
+    x, y = next(iter(make_loader(splits.test, batch, shuffle=True, seed=seed)))
+    return x.to(device), y.to(device)
+
+
+def _baseline_deq(args: argparse.Namespace) -> DEQConfig:
+    return dataclasses.replace(DEQConfig.paper(), solver=args.deq_solver)
+
+
+def _setup(args: argparse.Namespace, name: str) -> tuple[torch.device, _Log]:
+    device = _device(args)
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise BenchInputError(f"checkpoint not found: {args.checkpoint}")
+    plot = getattr(args, "plot", None)
+    if plot:
+        parent = os.path.dirname(os.path.abspath(plot))
+        if not os.path.isdir(parent):
+            raise BenchInputError(f"--plot {plot}: directory {parent} does not exist")
+        if not plot.lower().endswith(".png"):
+            raise BenchInputError(f"--plot {plot}: the file name must end in .png")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.load_start = _load()
+    return device, _Log(name, args.quiet)
+
+
+def _environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "device": _device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "seed": args.seed,
+        "load_average_start": args.load_start,
+        "load_average": _load(),
+    }
+
+
+def _load() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other processes' CPU use skews CPU timings)."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor | None:
+    """JIIO's initial state: None (jiio_solve's zeros) or one cell step from zero."""
+    if how == "zeros":
+        return None
+    with torch.no_grad():
+        return cell(cell.init_z(x), x)
+
+
+def _steps(k: int) -> list[int]:
+    """The row counts shown for a budget of ``k`` steps: k/4, k/2 and k (deduplicated)."""
+    return sorted({max(1, k // 4), max(1, k // 2), k})
+
+
+def _interleave(
+    variants: dict[str, Callable[[], Any]], reps: int, log: _Log
+) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Run every variant once per repetition, in turn; return outputs per rep and the last."""
+    outs: dict[str, list[Any]] = {k: [] for k in variants}
+    for r in range(reps):
+        for name, fn in variants.items():
+            outs[name].append(fn())
+        log(f"rep {r + 1}/{reps}: " + ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in outs.items()))
+    return outs, {k: v[-1] for k, v in outs.items()}
