@@ -150,6 +150,9 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     except (SweepExistsError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # storage that cannot be created, read or written
+        print(f"error: storage {args.storage!r}: {exc}", file=sys.stderr)
+        return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
     print(
         f"\n{outcome.finished}/{outcome.requested} trials finished. Parquet results: {where} "
