@@ -50,6 +50,7 @@ def _config() -> TaskConfig:
 
 
 def _rank(rank: int, world: int, init: str, out: str, diverge_rank: int) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks on this machine's loopback
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     full = _data()
     shard = torch.utils.data.Subset(full, list(range(rank, len(full), world)))
@@ -61,6 +62,7 @@ def _rank(rank: int, world: int, init: str, out: str, diverge_rank: int) -> None
         torch.save(
             {"params": [p.detach() for p in t.modules["cell"].parameters()], "status": result.status}, out
         )
+    dist.barrier()  # neither rank tears gloo down while the other may still use it
     dist.destroy_process_group()
 
 
