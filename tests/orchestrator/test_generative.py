@@ -13,14 +13,13 @@ import torch
 from PIL import Image
 
 from jiio_core import JIIOConfig
-from orchestrator.data import DataConfig, load_dataset, make_loader
+from orchestrator.data import DataConfig, load_dataset
 from orchestrator.tasks import generative as gen_mod
 from orchestrator.tasks.common import StepOutcome, TaskConfig, TaskResult
 from orchestrator.tasks.generative import GenerativeTrainer, psnr, save_grid, sq_error, train_generative
+from tests.orchestrator import _latent
+from tests.orchestrator._latent import FAST_JIIO, first_batch, params
 
-# Plain damped iteration with raw-gradient latent steps: what trains this tiny decoder
-# best on digits (Anderson on the augmented system often stalls at poor stationary points).
-FAST_JIIO = JIIOConfig(solver="fixed_point", alpha_x=0.003, max_iter=20, early_stop=False)
 STEP_KEYS = {
     "loss",
     "mse",
@@ -42,29 +41,7 @@ def data():
 
 
 def make_config(**changes) -> TaskConfig:
-    base = dict(
-        task="generative",
-        mode="jiio",
-        batch_size=8,
-        epochs=1,
-        max_steps_per_epoch=2,
-        eval_batches=1,
-        lr=5e-3,
-        adam_steps=4,
-        deq_max_iter=10,
-        deq_backward_max_iter=10,
-        jiio=FAST_JIIO,
-    )
-    base.update(changes)
-    return TaskConfig(**base)
-
-
-def first_batch(data, n: int = 8) -> torch.Tensor:
-    return next(iter(make_loader(data.train, n, shuffle=False)))[0]
-
-
-def params(trainer: GenerativeTrainer) -> list[torch.Tensor]:
-    return [p.detach().clone() for m in trainer.modules.values() for p in m.parameters()]
+    return _latent.make_config(**{"task": "generative", **changes})
 
 
 def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:

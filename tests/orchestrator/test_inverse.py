@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from jiio_core import JIIOConfig
-from orchestrator.data import DataConfig, load_dataset, make_loader
+from orchestrator.data import DataConfig, load_dataset
 from orchestrator.tasks.common import TaskConfig
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.inverse import InverseTrainer, corrupt, inpainting_window, train_inverse
+from tests.orchestrator import _latent
+from tests.orchestrator._latent import first_batch, params
 
-FAST_JIIO = JIIOConfig(solver="fixed_point", alpha_x=0.003, max_iter=20, early_stop=False)
 EVAL_KEYS = {"test_psnr_median", "test_psnr", "test_mse", "corrupted_psnr", "test_diverged", "inner_s"}
 
 
@@ -32,29 +32,7 @@ def _one_thread():
 
 
 def make_config(**changes) -> TaskConfig:
-    base = dict(
-        task="inpainting",
-        mode="jiio",
-        batch_size=8,
-        epochs=1,
-        max_steps_per_epoch=2,
-        eval_batches=1,
-        lr=5e-3,
-        adam_steps=4,
-        deq_max_iter=10,
-        deq_backward_max_iter=10,
-        jiio=FAST_JIIO,
-    )
-    base.update(changes)
-    return TaskConfig(**base)
-
-
-def first_batch(data, n: int = 8) -> torch.Tensor:
-    return next(iter(make_loader(data.train, n, shuffle=False)))[0]
-
-
-def params(trainer: InverseTrainer) -> list[torch.Tensor]:
-    return [p.detach().clone() for m in trainer.modules.values() for p in m.parameters()]
+    return _latent.make_config(**{"task": "inpainting", **changes})
 
 
 # ---------------------------------------------------------------- corruptions
