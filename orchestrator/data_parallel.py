@@ -30,7 +30,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from orchestrator.trainable import _train
+    from orchestrator.train_trial import train
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -42,7 +42,7 @@ def _worker(config: dict[str, Any]) -> None:
     n = len(data.train) // world * world  # equal shards: every rank takes the same number of steps
     data = dataclasses.replace(data, train=Subset(data.train, list(range(rank, n, world))))
     store = ResultStore(meta.storage)
-    metrics, status = _train(task_cfg, data, meta, store, trial_id, rank=rank, report=ray.train.report)
+    metrics, status = train(task_cfg, data, meta, store, trial_id, rank=rank, report=ray.train.report)
     if rank == 0:
         store.put(
             _result_path(store, meta.name, trial_id),

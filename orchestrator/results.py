@@ -7,15 +7,19 @@ partitioned by sweep name::
     steps/sweep=NAME/<trial_id>-e<epoch>.parquet    the step rows of one epoch of one trial
     traces/sweep=NAME/<trial_id>-e<epoch>.parquet   solver traces of that epoch
     checkpoints/sweep=NAME/<trial_id>.pt            latest checkpoint of an unfinished trial
-    pending/sweep=NAME/<trial_id>.json              searched parameters of a started trial
+    pending/sweep=NAME/<trial_id>.json              record of every started trial: parameters,
+                                                    attempts, wall time, errors, state
+    locks/sweep=NAME/driver.json                    the driver running the sweep (host, pid)
+    corrupt/...                                     unreadable files, moved aside with a reason
     pareto/sweep=NAME/front.parquet                 multi-objective sweeps: the non-dominated trials
     meta/sweep=NAME/sweep.json                      objectives, search space, fixed settings
 
 Every file is named by its key, so writing the same key again *replaces* it: a retried,
 resumed or duplicated report can never duplicate a row, and a crash loses at most the
 epoch in progress, which is recomputed from the checkpoint and written under the same key.
-Files are written atomically: on a local filesystem to a temporary name, then renamed; on
-object stores a single PUT is atomic by itself. Schemas are explicit: a column that is
+Files are written atomically and durably: on a local filesystem to a temporary name,
+fsync'ed, then renamed; on object stores a single PUT is atomic by itself. An unreadable
+file never blocks a read: it is skipped with a warning or moved to ``corrupt/``. Schemas are explicit: a column that is
 ``None`` everywhere still gets its declared type, never Arrow's ``null`` type.
 """
 
@@ -24,6 +28,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -45,7 +51,9 @@ KEYS = {
 # Declared types of columns that can be None in every row of a file (optional settings).
 _DECLARED: dict[str, pa.DataType] = {
     "alpha_x_switch_iter": pa.int64(),
-    "alpha_x_after": pa.float64(),
+    "alpha_x_after": pa.float64(),  # results of earlier versions
+    "alpha_x_drop": pa.float64(),
+    "error_history": pa.string(),
     "max_steps_per_epoch": pa.int64(),
     "eval_batches": pa.int64(),
     "error": pa.string(),
@@ -115,14 +123,58 @@ class ResultStore:
         return f"{self.base}/{table}/sweep={sweep}"
 
     def put(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` (under this store's filesystem) atomically."""
+        """Write ``data`` to ``path`` (under this store's filesystem) atomically and durably.
+
+        Local: a temporary file in the same directory, flushed and fsync'ed, renamed over
+        ``path``, then the directory fsync'ed, so a crash leaves the old file or the new
+        one, never a torn one. Object stores: one PUT, atomic by itself.
+        """
         directory = path.rsplit("/", 1)[0]
         self.fs.create_dir(directory, recursive=True)
-        target = f"{directory}/.tmp-{uuid.uuid4().hex}" if self.local else path
-        with self.fs.open_output_stream(target) as out:
+        if not self.local:
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+            return
+        tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as out:
             out.write(data)
-        if self.local:
-            self.fs.move(target, path)  # atomic rename on a local filesystem
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def clean_tmp(self) -> int:
+        """Remove leftover ``.tmp-*`` files (of writers killed mid-write); how many."""
+        if not self.local or not os.path.isdir(self.base):
+            return 0
+        n = 0
+        for dirpath, _, files in os.walk(self.base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    try:
+                        os.remove(os.path.join(dirpath, name))
+                        n += 1
+                    except FileNotFoundError:
+                        pass
+        return n
+
+    def quarantine(self, path: str, reason: str) -> str:
+        """Move an unreadable file out of the tables to ``corrupt/`` (kept for inspection)."""
+        rel = path[len(self.base) + 1 :] if path.startswith(self.base + "/") else path.rsplit("/", 1)[-1]
+        target = f"{self.base}/corrupt/{rel}.{int(time.time() * 1000)}"
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        try:
+            self.fs.move(path, target)
+        except OSError:  # object stores without a rename: copy, then delete
+            self.fs.copy_file(path, target)
+            self.fs.delete_file(path)
+        note = json.dumps({"moved_from": path, "reason": reason, "at": time.time()})
+        self.put(target + ".why.json", note.encode())
+        return target
 
     def write(self, table: str, sweep: str, key: str, rows: Iterable[dict[str, Any]]) -> None:
         """Write ``rows`` as the file ``key`` of ``table`` (replacing any earlier one)."""
@@ -150,13 +202,25 @@ class ResultStore:
             if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep=")
         )
 
-    def read(self, table: str, sweep: str | None = None) -> pd.DataFrame:
-        """One DataFrame of ``table`` (one sweep, or all), with a ``sweep`` column, deduplicated."""
+    def read(
+        self, table: str, sweep: str | None = None, on_corrupt: str = "skip", columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """One DataFrame of ``table`` (one sweep, or all), with a ``sweep`` column, deduplicated.
+
+        A file that cannot be read never blocks the read: ``on_corrupt="skip"`` leaves it in
+        place with a warning (analysis), ``"quarantine"`` moves it to ``corrupt/`` (the
+        sweep driver, which then recomputes its trial).
+        """
         frames = []
         for name in [sweep] if sweep is not None else self.sweeps(table):
             directory = self._dir(table, name)
             for key in self.keys(table, name):
-                t = pq.read_table(f"{directory}/{key}.parquet", filesystem=self.fs)
+                path = f"{directory}/{key}.parquet"
+                try:
+                    t = pq.read_table(path, filesystem=self.fs, columns=columns)
+                except (pa.ArrowException, OSError) as exc:
+                    self._report_corrupt(path, exc, on_corrupt)
+                    continue
                 frames.append(t.append_column("sweep", pa.array([name] * t.num_rows, pa.string())))
         if not frames:
             return pd.DataFrame(columns=[*KEYS[table], "sweep"])
@@ -164,32 +228,95 @@ class ResultStore:
         df = table_.to_pandas()
         return df.drop_duplicates(subset=["sweep", *KEYS[table]], keep="last").reset_index(drop=True)
 
+    def _report_corrupt(self, path: str, exc: Exception, on_corrupt: str) -> None:
+        if on_corrupt == "quarantine":
+            where = self.quarantine(path, str(exc))
+            print(f"warning: unreadable file {path} ({exc}); moved to {where}", file=sys.stderr)
+        else:
+            print(f"warning: skipping unreadable file {path} ({exc})", file=sys.stderr)
+
+    def check(self, table: str, sweep: str) -> list[str]:
+        """Quarantine the files of ``table`` whose Parquet footer cannot be read; their keys."""
+        bad = []
+        for key in self.keys(table, sweep):
+            path = f"{self._dir(table, sweep)}/{key}.parquet"
+            try:
+                with self.fs.open_input_file(path) as f:
+                    pq.read_metadata(f)
+            except (pa.ArrowException, OSError) as exc:
+                self._report_corrupt(path, exc, "quarantine")
+                bad.append(key)
+        return bad
+
     # --- checkpoints --------------------------------------------------------------------
+    def checkpoint_path(self, sweep: str, trial_id: str) -> str:
+        return f"{self._dir('checkpoints', sweep)}/{trial_id}.pt"
+
     def save_checkpoint(self, sweep: str, trial_id: str, data: bytes) -> None:
-        self.put(f"{self._dir('checkpoints', sweep)}/{trial_id}.pt", data)
+        self.put(self.checkpoint_path(sweep, trial_id), data)
 
     def load_checkpoint(self, sweep: str, trial_id: str) -> bytes | None:
-        path = f"{self._dir('checkpoints', sweep)}/{trial_id}.pt"
+        path = self.checkpoint_path(sweep, trial_id)
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
     def delete_checkpoint(self, sweep: str, trial_id: str) -> None:
-        path = f"{self._dir('checkpoints', sweep)}/{trial_id}.pt"
+        path = self.checkpoint_path(sweep, trial_id)
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             self.fs.delete_file(path)
 
-    # --- pending trials: started, not finished (their parameters, to re-enqueue on resume) ----
-    def write_pending(self, sweep: str, trial_id: str, params: dict[str, Any]) -> None:
-        self.put(f"{self._dir('pending', sweep)}/{trial_id}.json", json.dumps(params).encode())
+    # --- trial records: every started trial (parameters, attempts, errors, state) ----------
+    def _record_path(self, sweep: str, trial_id: str) -> str:
+        return f"{self._dir('pending', sweep)}/{trial_id}.json"
 
-    def pending(self, sweep: str) -> dict[str, dict[str, Any]]:
+    def write_record(self, sweep: str, trial_id: str, record: dict[str, Any]) -> None:
+        """Write a trial's record (``params`` and its attempt history)."""
+        self.put(self._record_path(sweep, trial_id), json.dumps(record, default=repr).encode())
+
+    def record(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
+        """The trial's record, or None. Records of earlier versions (the bare parameters) are
+        read as a running trial with those parameters; an unreadable one is quarantined."""
+        path = self._record_path(sweep, trial_id)
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        try:
+            with self.fs.open_input_stream(path) as f:
+                data = json.loads(f.read().decode())
+        except (ValueError, OSError) as exc:
+            self._report_corrupt(path, exc, "quarantine")
+            return None
+        if not isinstance(data, dict):
+            self._report_corrupt(path, ValueError("not a JSON object"), "quarantine")
+            return None
+        if not isinstance(data.get("params"), dict):  # an earlier version's record: the parameters
+            data = {"params": data, "trial_id": trial_id, "state": "running"}
+        return data
+
+    def records(self, sweep: str) -> dict[str, dict[str, Any]]:
+        """Every started trial's record, by trial id."""
         out = {}
         for key in self.keys("pending", sweep):
-            with self.fs.open_input_stream(f"{self._dir('pending', sweep)}/{key}.json") as f:
-                out[key] = json.loads(f.read().decode())
+            rec = self.record(sweep, key)
+            if rec is not None:
+                out[key] = rec
         return out
+
+    def write_pending(self, sweep: str, trial_id: str, params: dict[str, Any]) -> None:
+        """Record a started trial with these parameters (no attempt yet)."""
+        self.write_record(sweep, trial_id, {"params": params, "trial_id": trial_id, "state": "running"})
+
+    def pending(self, sweep: str) -> dict[str, dict[str, Any]]:
+        """Started, unfinished trials: their parameters, by trial id."""
+        return {k: r["params"] for k, r in self.records(sweep).items() if r.get("state") != "finished"}
+
+    def delete_pending(self, sweep: str, trial_id: str) -> None:
+        """Mark a trial's record finished (kept: it names every trial ever started)."""
+        rec = self.record(sweep, trial_id)
+        if rec is not None:
+            rec["state"] = "finished"
+            self.write_record(sweep, trial_id, rec)
 
     def meta(self, sweep: str) -> dict[str, Any] | None:
         """The sweep's ``meta/sweep=NAME/sweep.json`` (objectives, space, paper trial), if any."""
@@ -198,8 +325,3 @@ class ResultStore:
             return None
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read().decode())
-
-    def delete_pending(self, sweep: str, trial_id: str) -> None:
-        path = f"{self._dir('pending', sweep)}/{trial_id}.json"
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            self.fs.delete_file(path)

@@ -5,10 +5,17 @@ state. Each invocation is one fresh Tune experiment that runs only what is missi
 
 - finished trials (a ``trials`` row: completed, diverged, pruned or error) are kept and
   fed to the searcher as already-evaluated points, so it continues from what it learned;
-- started-but-unfinished trials (``pending``) are enqueued first, with their exact
-  parameters: same ``trial_id``, so they reload their own checkpoint and continue;
+- started-but-unfinished trials (their records under ``pending/``) are enqueued first,
+  with their exact parameters and ``trial_id``, so they reload their own checkpoint and
+  continue; errored trials get another round (``ERROR_ROUNDS``) unless they failed the
+  same way twice;
 - new trials fill up to the requested total, so a sweep ends with exactly ``trials``
   rows however often it was interrupted, and ``--resume --trials M`` extends it.
+
+Trial identity holds by construction (``orchestrator.search.UniqueTrials``): no started
+point is proposed again, no two live trials share an id. One driver per sweep
+(``orchestrator.lock``); a resume with other settings than the sweep was started with is
+refused. ASHA's prune decisions are written when taken.
 
 This avoids Tune's restore pitfalls (OptunaSearch KeyError with ``restart_errored``,
 checkpoints deleted under a hard kill, partial ResultGrids after SIGINT, an iteration
@@ -17,51 +24,28 @@ reported twice): none of them can duplicate or lose a Parquet row, whose files a
 
 from __future__ import annotations
 
-import json
 import math
+import re
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.lock import SweepLock
 from orchestrator.results import ResultStore
-from orchestrator.trainable import SweepMeta, make_trial_id, run_trial, worst_value
+from orchestrator.search import Dim, make_searcher
+from orchestrator.sweep_state import FINISHED, check_resume, driver_row, plan_run, record_pareto, write_meta
+from orchestrator.trainable import run_trial, trial_id_of
+from orchestrator.trial_meta import SweepMeta, make_trial_id
 
 __all__ = ["Dim", "SweepConfig", "SweepExistsError", "SweepOutcome", "run_sweep"]
 
-FINISHED = ("completed", "diverged", "pruned", "error")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
-@dataclass(frozen=True)
-class Dim:
-    """One searched hyperparameter: ``loguniform``/``uniform`` (low, high), ``int`` (low, high,
-    inclusive), or ``choice`` (choices)."""
-
-    kind: str
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple[Any, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("loguniform", "uniform", "int", "choice"):
-            raise ValueError(f"Dim kind must be loguniform, uniform, int or choice, got {self.kind!r}")
-        if self.kind == "choice" and not self.choices:
-            raise ValueError("Dim kind 'choice' needs choices")
-        bad_range = not (self.low < self.high) or (self.kind == "loguniform" and self.low <= 0)
-        if self.kind != "choice" and bad_range:
-            raise ValueError(f"Dim {self.kind} needs 0 < low < high (low > 0 for loguniform), got {self}")
-
-    def tune(self):
-        from ray import tune
-
-        if self.kind == "loguniform":
-            return tune.loguniform(self.low, self.high)
-        if self.kind == "uniform":
-            return tune.uniform(self.low, self.high)
-        if self.kind == "int":
-            return tune.randint(int(self.low), int(self.high) + 1)
-        return tune.choice(list(self.choices))
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class SweepExistsError(RuntimeError):
@@ -89,6 +73,7 @@ class SweepConfig:
     max_concurrent: int | None = None
     scheduler: str = "asha"
     max_failures: int = 2
+    lock_stale_s: float = 60.0
     reuse_actors: bool = True
     kind: str = "train"
     checkpoint: str | None = None
@@ -97,8 +82,10 @@ class SweepConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty name without '/', got {self.name!r}")
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name must be letters, digits, '.', '_', '-' (not starting with '.' or '-'), got {self.name!r}"
+            )
         if not self.space:
             raise ValueError("space must search at least one hyperparameter")
         if len(self.metrics) != len(self.modes) or not self.metrics:
@@ -107,8 +94,12 @@ class SweepConfig:
             raise ValueError(f"modes must be 'min' or 'max', got {self.modes}")
         if not isinstance(self.trials, int) or self.trials < 1:
             raise ValueError(f"trials must be an integer >= 1, got {self.trials!r}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise ValueError("cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+        if not (_finite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise ValueError(f"cpus_per_trial must be a finite number > 0, got {self.cpus_per_trial!r}")
+        if not (_finite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise ValueError(f"gpus_per_trial must be a finite number >= 0, got {self.gpus_per_trial!r}")
+        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
+            raise ValueError(f"max_concurrent must be an integer >= 1, got {self.max_concurrent!r}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError(f"gpus_per_trial above 1 must be a whole number, got {self.gpus_per_trial}")
         if not isinstance(self.workers_per_trial, int) or self.workers_per_trial < 1:
@@ -128,6 +119,9 @@ class SweepOutcome:
     ran: int
     interrupted: bool
     storage: str
+    completed: int = 0
+    errors: int = 0
+    first_error: str | None = None
 
 
 def _concurrency(cfg: SweepConfig) -> int:
@@ -151,85 +145,53 @@ def _concurrency(cfg: SweepConfig) -> int:
     return max(1, slots)
 
 
-def _searcher(cfg: SweepConfig, finished, enqueue: list[dict[str, Any]]):
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    multi = len(cfg.metrics) > 1
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(finished))
-    searcher = OptunaSearch(
-        space={k: d.tune() for k, d in cfg.space.items()},
-        metric=list(cfg.metrics) if multi else cfg.metrics[0],
-        mode=list(cfg.modes) if multi else cfg.modes[0],
-        sampler=sampler,
-        points_to_evaluate=enqueue or None,
-    )
-    worst = [worst_value(m) for m in cfg.modes]
-    for _, row in finished.iterrows():
-        params = {k: _native(row[k]) for k in cfg.space if k in row}
-        if len(params) != len(cfg.space) or row["status"] == "error":
-            continue
-        values = worst if row["status"] == "diverged" else [row.get(m) for m in cfg.metrics]
-        if any(v is None or not math.isfinite(float(v)) for v in values):
-            continue
-        try:
-            if multi:  # OptunaSearch.add_evaluated_point takes one value; add the trial directly
-                searcher._ot_study.add_trial(
-                    optuna.trial.create_trial(
-                        state=optuna.trial.TrialState.COMPLETE,
-                        values=[float(v) for v in values],
-                        params=params,
-                        distributions=searcher._space,
-                    )
-                )
-            else:
-                searcher.add_evaluated_point(params, float(values[0]))
-        except ValueError as exc:  # e.g. a point outside a search space changed since
-            print(f"not telling the searcher about trial {row['trial_id']}: {exc}", file=sys.stderr)
-    return ConcurrencyLimiter(searcher, max_concurrent=_concurrency(cfg))
-
-
-def _native(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
-
-
 def run_sweep(cfg: SweepConfig) -> SweepOutcome:
-    """Run (or continue) the sweep ``cfg``; returns how many trials are finished."""
+    """Run (or continue) the sweep ``cfg``, holding its driver lock; returns its outcome."""
+    store = ResultStore(cfg.storage)
+    with SweepLock(store, cfg.name, stale_s=cfg.lock_stale_s):
+        return _run_locked(cfg, store)
+
+
+def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     import ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    store = ResultStore(cfg.storage)
-    trials = store.read("trials", cfg.name)
-    pending = store.pending(cfg.name)
-    if not cfg.resume and (len(trials) or pending):
+    removed = store.clean_tmp()
+    if removed:
+        print(f"removed {removed} leftover temporary files of an interrupted write", file=sys.stderr)
+    for table in ("steps", "traces"):
+        store.check(table, cfg.name)  # unreadable files move to corrupt/ (their trials rerun below)
+    trials = store.read("trials", cfg.name, on_corrupt="quarantine")
+    records = store.records(cfg.name)
+    if not cfg.resume and (len(trials) or records):
         raise SweepExistsError(
-            f"sweep {cfg.name!r} already has {len(trials)} finished and {len(pending)} unfinished trials in "
-            f"{cfg.storage}: pass --resume to continue (or extend) it, or --name to start a new sweep"
+            f"sweep {cfg.name!r} already has {len(trials)} finished and {len(store.pending(cfg.name))} unfinished "
+            f"trials in {cfg.storage}: pass --resume to continue (or extend) it, or --name to start a new sweep"
         )
-    finished = trials[trials["status"].isin(FINISHED)] if len(trials) else trials
-    done_ids = set(finished["trial_id"]) if len(finished) else set()
-    unfinished = [p for tid, p in pending.items() if tid not in done_ids]
-    remaining = cfg.trials - len(finished)
-    if remaining <= 0:
-        print(f"sweep {cfg.name}: {len(finished)} of {cfg.trials} trials already finished; nothing to run")
-        return SweepOutcome(len(finished), cfg.trials, 0, False, cfg.storage)
-    enqueue = unfinished[:remaining]
-    if not len(finished) and not pending:
-        enqueue += [dict(p) for p in cfg.enqueue]
     if cfg.resume:
+        check_resume(store, cfg)
+    plan = plan_run(trials, records, tuple(cfg.space))
+    remaining = cfg.trials - len(plan.finished)
+    if remaining <= 0:
+        print(f"sweep {cfg.name}: {len(plan.finished)} of {cfg.trials} trials already finished; nothing to run")
+        return _outcome(store, cfg, 0, False)
+    resume = plan.resume[:remaining]
+    fresh = not len(trials) and not records
+    enqueue = [dict(p) for p in cfg.enqueue] if fresh else []
+    if cfg.resume:
+        retried = f" ({len(plan.retried)} errored, retried)" if plan.retried else ""
         print(
-            f"sweep {cfg.name}: {len(finished)} finished, {len(enqueue)} to continue, "
-            f"{remaining - len(enqueue)} new (target {cfg.trials})"
+            f"sweep {cfg.name}: {len(plan.finished)} finished, {len(resume)} to continue{retried}, "
+            f"{remaining - len(resume)} new (target {cfg.trials})"
         )
-    _write_meta(store, cfg)
+    write_meta(store, cfg, [make_trial_id(cfg.name, dict(p)) for p in cfg.enqueue])
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
     storage_path = cfg.storage if "://" in cfg.storage else store.base
     meta = SweepMeta(
         name=cfg.name,
-        storage=cfg.storage if "://" in cfg.storage else store.base,  # trials run in other directories
+        storage=storage_path,  # trials run in other working directories
         searched=tuple(cfg.space),
         fixed=cfg.fixed,
         data=cfg.data,
@@ -247,7 +209,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     )
     if cfg.scheduler == "asha":
         # A trial reports its last epoch only after writing its row, so a stop there is harmless.
-        scheduler = _pruning_asha(cfg.name, tuple(cfg.space))(
+        scheduler = _pruning_asha(store, cfg)(
             metric=cfg.metrics[0],
             mode=cfg.modes[0],
             time_attr="epoch",
@@ -261,13 +223,22 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     dp = cfg.workers_per_trial > 1
     resources = {"cpu": 0.01} if dp else {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, meta=meta), resources)
+    searcher = make_searcher(
+        cfg.name,
+        cfg.space,
+        cfg.metrics,
+        cfg.modes,
+        cfg.seed,
+        plan.finished,
+        resume,
+        {**plan.started, **{t: p for t, p in plan.resume[remaining:]}},
+        enqueue,
+        _concurrency(cfg),
+    )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(cfg, finished, enqueue),
-            scheduler=scheduler,
-            num_samples=remaining,
-            reuse_actors=cfg.reuse_actors,
+            search_alg=searcher, scheduler=scheduler, num_samples=remaining, reuse_actors=cfg.reuse_actors
         ),
         run_config=tune.RunConfig(
             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -279,13 +250,24 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     interrupted = False
     try:
         grid = tuner.fit()
-        _record_stopped(store, cfg, grid, getattr(scheduler, "pruned", set()))
+        _record_failed(store, cfg, grid)
     except KeyboardInterrupt:
         interrupted = True
     if len(cfg.metrics) > 1:
-        _record_pareto(store, cfg)
+        record_pareto(store, cfg)
+    return _outcome(store, cfg, len(resume), interrupted)
+
+
+def _outcome(store: ResultStore, cfg: SweepConfig, ran: int, interrupted: bool) -> SweepOutcome:
     after = store.read("trials", cfg.name)
     n_done = int(after["status"].isin(FINISHED).sum()) if len(after) else 0
+    completed = int((after["status"] == "completed").sum()) if len(after) else 0
+    errors = after[after["status"] == "error"] if len(after) else after
+    first = None
+    if len(errors):
+        row = errors.iloc[0]
+        msg = str(row.get("error") or "").strip().splitlines()
+        first = f"trial {row['trial_id']}: {msg[-1] if msg else 'unknown error'}"
     interrupted = interrupted or n_done < cfg.trials
     if interrupted:
         print(
@@ -293,99 +275,45 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
             f"Resume with:\n  {cfg.resume_command or 'the same command with --resume'}",
             file=sys.stderr,
         )
-    return SweepOutcome(n_done, cfg.trials, len(enqueue), interrupted, cfg.storage)
+    return SweepOutcome(n_done, cfg.trials, ran, interrupted, cfg.storage, completed, len(errors), first)
 
 
-def _pruning_asha(sweep: str, searched: tuple[str, ...]):
-    """ASHA that remembers which trials it stopped, so only those are recorded as pruned
-    (a trial stopped by Ctrl-C stays pending and continues on resume)."""
+def _pruning_asha(store: ResultStore, cfg: SweepConfig):
+    """ASHA that writes a trial's ``pruned`` row when it decides to stop it (a killed driver
+    does not forget it); a trial stopped by Ctrl-C stays pending and continues on resume."""
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-    class PruningASHA(ASHAScheduler):
-        def __init__(self, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.pruned: set[str] = set()
+    searched = tuple(cfg.space)
 
+    class PruningASHA(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             action = super().on_trial_result(tune_controller, trial, result)
             if action == TrialScheduler.STOP and not result.get("final"):
-                self.pruned.add(make_trial_id(sweep, {k: trial.config[k] for k in searched}))
+                tid = trial_id_of(trial.config, cfg.name, searched)
+                params = {k: trial.config[k] for k in searched}
+                driver_row(store, cfg, tid, params, "pruned", result, None)
             return action
 
     return PruningASHA
 
 
-def _record_stopped(store: ResultStore, cfg: SweepConfig, grid, pruned: set[str]) -> None:
-    """Trials ASHA stopped or that failed past their retries get a row from here; trials
-    stopped by an interruption stay pending, to continue on resume."""
-    have = set(store.read("trials", cfg.name)["trial_id"])
+def _record_failed(store: ResultStore, cfg: SweepConfig, grid) -> None:
+    """Trials that failed past their retries, or finished without their own row, get a row
+    from here; trials stopped by an interruption stay pending, to continue on resume."""
+    rows = store.read("trials", cfg.name)
+    status = dict(zip(rows["trial_id"], rows["status"], strict=True)) if len(rows) else {}
     for result in grid:
-        params = {k: result.config[k] for k in cfg.space if k in result.config}
-        tid = make_trial_id(cfg.name, params)
-        if tid in have:
+        if "trial_id" not in (result.config or {}) and not all(k in (result.config or {}) for k in cfg.space):
             continue
+        tid = trial_id_of(result.config, cfg.name, tuple(cfg.space))
+        params = {k: result.config[k] for k in cfg.space if k in result.config}
         last = result.metrics or {}
+        if status.get(tid, "error") != "error":
+            continue  # the trial wrote its own row: it stays as it is
         if result.error is not None:
-            status = "error"
-        elif last.get("final"):  # it finished, but its own row is missing: keep what it reported
-            status = str(last.get("status", "completed"))
-        elif tid in pruned:
-            status = "pruned"
-        else:
-            continue  # interrupted: its pending record and checkpoint let a resume continue it
-        row = {
-            "trial_id": tid,
-            "status": status,
-            **cfg.fixed,
-            **params,
-            "task": cfg.fixed.get("task"),
-            "dataset": cfg.data.get("dataset"),
-            **{m: last.get(m) for m in cfg.metrics},
-            "epoch": last.get("epoch"),
-            "error": None if result.error is None else str(result.error)[-2000:],
-        }
-        store.write("trials", cfg.name, tid, [row])
-        store.delete_pending(cfg.name, tid)
-        store.delete_checkpoint(cfg.name, tid)
-
-
-def _write_meta(store: ResultStore, cfg: SweepConfig) -> None:
-    """``meta/sweep=NAME/sweep.json``: objectives, space, fixed settings, the paper trial's id."""
-    paper = [make_trial_id(cfg.name, dict(p)) for p in cfg.enqueue]
-    meta = {
-        "name": cfg.name,
-        "metrics": list(cfg.metrics),
-        "modes": list(cfg.modes),
-        "trials": cfg.trials,
-        "space": {
-            k: {"kind": d.kind, "low": d.low, "high": d.high, "choices": list(d.choices)}
-            for k, d in cfg.space.items()
-        },
-        "fixed": cfg.fixed,
-        "data": cfg.data,
-        "kind": cfg.kind,
-        "paper_trial_ids": paper,
-    }
-    store.put(
-        f"{store.base}/meta/sweep={cfg.name}/sweep.json", json.dumps(meta, indent=1, default=repr).encode()
-    )
-
-
-def _record_pareto(store: ResultStore, cfg: SweepConfig) -> None:
-    """Write the non-dominated finished trials of a multi-objective sweep to ``pareto/``."""
-    from orchestrator.solve_trial import pareto_front
-
-    trials = store.read("trials", cfg.name)
-    if not len(trials):
-        return
-    ok = trials[trials["status"] == "completed"].dropna(subset=list(cfg.metrics))
-    sign = [1.0 if m == "min" else -1.0 for m in cfg.modes]
-    points = [
-        tuple(s * float(r[m]) for s, m in zip(sign, cfg.metrics, strict=True)) for _, r in ok.iterrows()
-    ]
-    front = ok[pareto_front(points)] if points else ok
-    cols = ["trial_id", *cfg.metrics, *cfg.space]
-    store.write("pareto", cfg.name, "front", [{c: _native(r[c]) for c in cols} for _, r in front.iterrows()])
+            driver_row(store, cfg, tid, params, "error", last, str(result.error))
+        elif tid not in status and last.get("final"):  # it finished, but its own row is missing
+            driver_row(store, cfg, tid, params, str(last.get("status", "completed")), last, None)
 
 
 def resume_command(argv: list[str]) -> str:

@@ -8,6 +8,8 @@ cluster Ray, results location, the resume hint) is here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -16,8 +18,9 @@ from typing import Any
 
 from jiio_core import JIIOConfig
 from orchestrator.data import DATASETS
+from orchestrator.lock import SweepLockedError
 from orchestrator.sweep import Dim, SweepConfig, SweepExistsError, resume_command, run_sweep
-from orchestrator.tasks import TASKS
+from orchestrator.tasks import TASKS, TaskConfig
 
 __all__ = ["SweepSpec", "main", "paper_jiio", "task_objective"]
 
@@ -55,36 +58,65 @@ def task_objective(task: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and what to do, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _number(kind: type, low: float, strict: bool = False, whole_above: float | None = None):
+    """An argparse type: a finite ``kind`` (int or float) >= low (> low if strict)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or (value <= low if strict else value < low):
+            rel = ">" if strict else ">="
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} {rel} {low:g}, got {text!r}")
+        if whole_above is not None and value > whole_above and value != int(value):
+            raise argparse.ArgumentTypeError(f"must be a whole number above {whole_above:g}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=spec.description)
+    p = _Parser(description=spec.description)
     p.add_argument("--task", choices=TASKS, default="adversarial")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-root", default=None, help="directory of mnist/cifar10/celeba files")
-    p.add_argument("--trials", type=int, default=6, help="total trials of the sweep (default 6)")
+    p.add_argument("--trials", type=_number(int, 1), default=6, help="total trials of the sweep (default 6)")
     p.add_argument("--storage", default="results", help="results root: a directory, s3://... or gs://...")
     p.add_argument("--name", default=None, help="sweep name (default: <script>-<task>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue (or, with a larger --trials, extend) it")
     p.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=_number(float, 0, whole_above=1),
         default=None,
         help="GPUs per trial; fractions share a GPU (default: 0.25 if the cluster has GPUs, else 0)",
     )
     p.add_argument(
-        "--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker if data parallel)"
+        "--cpus-per-trial",
+        type=_number(float, 0, strict=True),
+        default=1.0,
+        help="CPUs per trial (per worker if data parallel)",
     )
     p.add_argument(
         "--workers-per-trial",
-        type=int,
+        type=_number(int, 1),
         default=1,
         help="data-parallel Ray Train workers per trial (default: one per GPU when --gpus-per-trial >= 2)",
     )
     p.add_argument(
-        "--max-concurrent", type=int, default=None, help="default: what the cluster's resources allow"
+        "--max-concurrent", type=_number(int, 1), default=None, help="default: what the cluster's resources allow"
     )
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_number(int, 1), default=None)
     p.add_argument("--model-size", choices=("tiny", "paper"), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument(
         "--address", default=None, help="Ray address (default: a running cluster, else a local one)"
     )
@@ -96,33 +128,45 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
     return p
 
 
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
+    """Checks that need more than one flag, or the filesystem; all before Ray starts."""
+    from orchestrator.sweep import _NAME
+
+    if not _NAME.fullmatch(name):
+        parser.error(f"--name must be letters, digits, '.', '_' or '-' (not starting with '.' or '-'), got {name!r}")
+    if args.dataset != "digits" and not args.data_root:
+        parser.error(f"--dataset {args.dataset} needs --data-root DIR (digits ships with scikit-learn)")
+    if args.data_root is not None and "://" not in args.data_root and not os.path.isdir(args.data_root):
+        parser.error(f"--data-root {args.data_root!r} is not a directory: pass the directory that holds the dataset")
+    if "://" not in args.storage and os.path.exists(args.storage) and not os.path.isdir(args.storage):
+        parser.error(f"--storage {args.storage!r} is a file: pass a directory (created if missing) or s3://...")
+
+
 def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser(spec)
     spec.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error("--trials must be >= 1")
-    if args.dataset != "digits" and not args.data_root:
-        parser.error(f"--dataset {args.dataset} needs --data-root DIR (digits ships with scikit-learn)")
+    name = args.name or f"{spec.default_name}-{args.task}-{args.dataset}"
+    _validate(parser, args, name)
+    space = spec.space(args.task)
+    metrics, modes = spec.objective(args.task)
+    data = {"dataset": args.dataset, "data_root": args.data_root, "seed": args.seed}
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/alpha.py"
+    try:  # every fixed setting, with the first point of the space, must make a valid trial
+        fixed = spec.fixed(args)
+        enqueue = tuple(spec.enqueue(args, space))
+        for point in enqueue or ({k: d.low if d.kind != "choice" else d.choices[0] for k, d in space.items()},):
+            TaskConfig.from_flat({**fixed, **point})
+    except ValueError as exc:
+        parser.error(str(exc))
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if _cluster_gpus(args.address) > 0 else 0.0
-    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
-        parser.error("--gpus-per-trial must be >= 0, and whole above 1")
     workers = args.workers_per_trial
-    if workers < 1:
-        parser.error("--workers-per-trial must be >= 1")
     if gpus >= 2 and workers == 1:
         workers = int(gpus)  # whole GPUs above one: one data-parallel worker per GPU
-    space = spec.space(args.task)
-    metrics, modes = spec.objective(args.task)
-    name = args.name or f"{spec.default_name}-{args.task}-{args.dataset}"
-    data = {"dataset": args.dataset, "data_root": args.data_root, "seed": args.seed}
-    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/alpha.py"
     try:
-        fixed = spec.fixed(args)
-        overrides = spec.prepare(args, fixed, data, name)
         cfg = SweepConfig(
             name=name,
             space=space,
@@ -132,7 +176,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             data=data,
             storage=args.storage,
             trials=args.trials,
-            enqueue=tuple(spec.enqueue(args, space)),
+            enqueue=enqueue,
             seed=args.seed,
             resume=args.resume,
             cpus_per_trial=args.cpus_per_trial,
@@ -144,10 +188,10 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             reuse_actors=not args.no_reuse_actors,
             address=args.address,
             resume_command=resume_command([script, *argv]),
-            **overrides,
         )
+        cfg = dataclasses.replace(cfg, **spec.prepare(args, fixed, data, name))
         outcome = run_sweep(cfg)
-    except (SweepExistsError, ValueError, FileNotFoundError) as exc:
+    except (SweepExistsError, SweepLockedError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # storage that cannot be created, read or written
@@ -155,10 +199,19 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
     print(
-        f"\n{outcome.finished}/{outcome.requested} trials finished. Parquet results: {where} "
-        f"(trials/, steps/, traces/ under sweep={name})"
+        f"\n{outcome.finished}/{outcome.requested} trials finished ({outcome.completed} completed). Parquet results: "
+        f"{where} (trials/, steps/, traces/ under sweep={name})"
     )
     print(f"Analyse: jiio analyze {args.storage} --name {name}")
+    if outcome.errors:
+        print(
+            f"{outcome.errors} trial(s) ended in error; first: {outcome.first_error}. "
+            "--resume retries them unless they failed the same way twice",
+            file=sys.stderr,
+        )
+    if outcome.errors and not outcome.completed:
+        print(f"error: no trial of sweep {name} completed; fix the error above, then --resume", file=sys.stderr)
+        return 1
     return 1 if outcome.interrupted else 0
 
 

@@ -1,0 +1,223 @@
+"""The sweep's searcher: Optuna TPE through Ray Tune, warm-started from Parquet, with trial
+identity enforced by construction.
+
+:class:`UniqueTrials` sits between Tune and ``OptunaSearch`` and assigns every trial its
+``trial_id`` (carried in the trial's config). A resumed sweep's unfinished trials come back
+first, under their own ids; any other suggestion whose parameters were already started
+(finished, unfinished, or issued earlier in this run) is declined and asked again, so a
+started point is never proposed twice and two live trials never share an id, whatever the
+searcher's seed. Only a space too small to offer a new point (a few discrete choices) gets
+a repeated point, under a new id (``make_trial_id(..., repeat=k)``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.trial_meta import make_trial_id, worst_value
+
+__all__ = ["Dim", "UniqueTrials", "make_searcher"]
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched hyperparameter: ``loguniform``/``uniform`` (low, high), ``int`` (low, high,
+    inclusive), or ``choice`` (choices).
+
+    Example:
+        >>> Dim("loguniform", 0.1, 1.0).contains(0.5), Dim("int", 1, 4).contains(5)
+        (True, False)
+    """
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("loguniform", "uniform", "int", "choice"):
+            raise ValueError(f"Dim kind must be loguniform, uniform, int or choice, got {self.kind!r}")
+        if self.kind == "choice" and not self.choices:
+            raise ValueError("Dim kind 'choice' needs choices")
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (self.low, self.high))
+        bad_range = not finite or not (self.low < self.high) or (self.kind == "loguniform" and self.low <= 0)
+        if self.kind != "choice" and bad_range:
+            raise ValueError(f"Dim {self.kind} needs finite 0 < low < high (low > 0 for loguniform), got {self}")
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high, "choices": list(self.choices)}
+
+    def tune(self):
+        from ray import tune
+
+        if self.kind == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.kind == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.kind == "int":
+            return tune.randint(int(self.low), int(self.high) + 1)
+        return tune.choice(list(self.choices))
+
+
+def _searcher_base():
+    from ray.tune.search import Searcher
+
+    return Searcher
+
+
+class UniqueTrials(_searcher_base()):  # type: ignore[misc]
+    """Wraps a Tune ``Searcher``: assigns ``trial_id``s, never issues a started point again.
+
+    ``resume``: ``(trial_id, params)`` of the trials to continue, in order (the inner
+    searcher must propose them first, e.g. as ``points_to_evaluate``); ``started``: every
+    other trial id ever started, with its parameters.
+    """
+
+    def __init__(
+        self,
+        searcher,
+        sweep: str,
+        searched: tuple[str, ...],
+        resume: list[tuple[str, dict[str, Any]]],
+        started: dict[str, dict[str, Any]],
+        max_declines: int = 25,
+    ) -> None:
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.sweep, self.searched = searcher, sweep, tuple(searched)
+        self.max_declines = max_declines
+        self._resume: dict[str, list[str]] = {}
+        for tid, params in resume:
+            self._resume.setdefault(self._point(params), []).append(tid)
+        self.taken_ids: set[str] = set(started) | {tid for tid, _ in resume}
+        self.taken_points: set[str] = {self._point(p) for p in started.values()}
+        self._inner: dict[str, str] = {}  # Tune's trial id -> the inner searcher's
+        self.declined = 0
+
+    def _point(self, params: dict[str, Any]) -> str:
+        return make_trial_id(self.sweep, {k: params[k] for k in self.searched if k in params})
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str):
+        for attempt in range(self.max_declines + 1):
+            inner = trial_id if attempt == 0 else f"{trial_id}~{attempt}"
+            config = self.searcher.suggest(inner)
+            if config is None or not isinstance(config, dict):
+                return config  # None (wait) or FINISHED
+            point = self._point(config)
+            queued = self._resume.get(point)
+            if queued:
+                tid = queued.pop(0)
+            elif point in self.taken_points and attempt < self.max_declines:
+                self.searcher.on_trial_complete(inner, result=None, error=True)
+                self.declined += 1
+                continue
+            else:
+                repeat = 0
+                tid = make_trial_id(self.sweep, {k: config[k] for k in self.searched})
+                while tid in self.taken_ids:
+                    repeat += 1
+                    tid = make_trial_id(self.sweep, {k: config[k] for k in self.searched}, repeat=repeat)
+            self.taken_ids.add(tid)
+            self.taken_points.add(point)
+            self._inner[trial_id] = inner
+            return {**config, "trial_id": tid}
+        raise AssertionError("unreachable")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._inner:
+            self.searcher.on_trial_result(self._inner[trial_id], result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._inner:
+            self.searcher.on_trial_complete(self._inner[trial_id], result=result, error=error)
+
+    def get_state(self) -> dict:
+        """This wrapper's bookkeeping (Tune saves the inner searcher separately)."""
+        state = self.__dict__.copy()
+        del state["searcher"]
+        return copy.deepcopy(state)
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
+def make_searcher(
+    sweep: str,
+    space: dict[str, Dim],
+    metrics: tuple[str, ...],
+    modes: tuple[str, ...],
+    seed: int,
+    finished,
+    resume: list[tuple[str, dict[str, Any]]],
+    started: dict[str, dict[str, Any]],
+    enqueue: list[dict[str, Any]],
+    max_concurrent: int,
+):
+    """Seeded TPE, told every finished trial (a diverged one as the worst value), continuing
+    ``resume`` first, then ``enqueue`` (e.g. the paper's configuration), then new points."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    multi = len(metrics) > 1
+    # Seeded by how many trials were ever started: a resumed sweep draws new points.
+    sampler = optuna.samplers.TPESampler(seed=seed + len(started) + len(resume))
+    points = [dict(p) for _, p in resume] + [dict(p) for p in enqueue]
+    searcher = OptunaSearch(
+        space={k: d.tune() for k, d in space.items()},
+        metric=list(metrics) if multi else metrics[0],
+        mode=list(modes) if multi else modes[0],
+        sampler=sampler,
+        points_to_evaluate=points or None,
+    )
+    worst = [worst_value(m) for m in modes]
+    for _, row in finished.iterrows():
+        params = {k: _native(row[k]) for k in space if k in row}
+        if len(params) != len(space) or row["status"] == "error":
+            continue
+        if not all(space[k].contains(v) for k, v in params.items()):
+            print(f"not telling the searcher about trial {row['trial_id']}: outside the current space", file=sys.stderr)
+            continue
+        values = worst if row["status"] == "diverged" else [row.get(m) for m in metrics]
+        if any(v is None or not math.isfinite(float(v)) for v in values):
+            continue
+        try:
+            if multi:  # OptunaSearch.add_evaluated_point takes one value; add the trial directly
+                searcher._ot_study.add_trial(
+                    optuna.trial.create_trial(
+                        state=optuna.trial.TrialState.COMPLETE,
+                        values=[float(v) for v in values],
+                        params=params,
+                        distributions=searcher._space,
+                    )
+                )
+            else:
+                searcher.add_evaluated_point(params, float(values[0]))
+        except ValueError as exc:
+            print(f"not telling the searcher about trial {row['trial_id']}: {exc}", file=sys.stderr)
+    unique = UniqueTrials(searcher, sweep, tuple(space), resume, started)
+    return ConcurrencyLimiter(unique, max_concurrent=max_concurrent)
+
+
+def _native(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
