@@ -1,0 +1,84 @@
+"""One driver per sweep: refusal naming the owner, takeover of a dead owner's lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lock import SweepLock, SweepLockedError
+from orchestrator.results import ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _plant(store: ResultStore, sweep: str, **owner) -> None:
+    body = {"token": "other", "host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+            "heartbeat": time.time(), **owner}
+    store.put(f"{store.base}/locks/sweep={sweep}/driver.json", json.dumps(body).encode())
+
+
+def test_a_second_driver_is_refused_with_the_first_ones_host_pid_and_start(tmp_path):
+    store = ResultStore(str(tmp_path))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from orchestrator.results import ResultStore; from orchestrator.lock import SweepLock;"
+         f"l = SweepLock(ResultStore({str(tmp_path)!r}), 's').acquire(); print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepLockedError) as exc:
+            SweepLock(store, "s").acquire()
+        msg = str(exc.value)
+        assert f"pid {holder.pid}" in msg and socket.gethostname() in msg and "since" in msg and "--name" in msg
+        assert "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its owner is dead (SIGKILL leaves the file): taken over at once on the same host.
+    assert (tmp_path / "locks" / "sweep=s" / "driver.json").exists()
+    with SweepLock(store, "s"):
+        pass
+    assert not (tmp_path / "locks" / "sweep=s" / "driver.json").exists()
+
+
+def test_a_lock_of_another_host_is_respected_until_its_heartbeat_is_stale(tmp_path):
+    store = ResultStore(str(tmp_path))
+    _plant(store, "s", host="elsewhere", pid=1)
+    with pytest.raises(SweepLockedError, match="host elsewhere, pid 1"):
+        SweepLock(store, "s", stale_s=30).acquire()
+    _plant(store, "s", host="elsewhere", pid=1, heartbeat=time.time() - 31)
+    lock = SweepLock(store, "s", stale_s=30).acquire()
+    owner = json.loads((tmp_path / "locks" / "sweep=s" / "driver.json").read_text())
+    assert owner["token"] == lock.token and owner["pid"] == os.getpid()
+    lock.release()
+
+
+def test_the_heartbeat_keeps_a_long_run_locked_and_stops_after_a_takeover(tmp_path):
+    store = ResultStore(str(tmp_path))
+    lock = SweepLock(store, "s", heartbeat_s=0.05, stale_s=0.5).acquire()
+    path = tmp_path / "locks" / "sweep=s" / "driver.json"
+    first = json.loads(path.read_text())["heartbeat"]
+    time.sleep(0.3)
+    assert json.loads(path.read_text())["heartbeat"] > first  # refreshed
+    _plant(store, "s", host="elsewhere", token="thief")  # presumed dead and taken over
+    time.sleep(0.3)
+    assert json.loads(path.read_text())["token"] == "thief"  # not overwritten by the old owner
+    lock.release()
+    assert path.exists()  # release leaves someone else's lock alone
+
+
+def test_a_torn_lock_file_is_taken_over(tmp_path):
+    store = ResultStore(str(tmp_path))
+    path = tmp_path / "locks" / "sweep=s" / "driver.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"tok')
+    with SweepLock(store, "s"):
+        assert json.loads(path.read_text())["pid"] == os.getpid()

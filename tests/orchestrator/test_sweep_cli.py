@@ -1,0 +1,113 @@
+"""Bad input is refused in the driver, before Ray starts: one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator import sweep_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "sweeps"))
+import alpha  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JIIO_GIT_SHA": "test"}
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    """Fail the test if anything would start Ray or run a sweep."""
+
+    def boom(*a, **k):
+        raise AssertionError("Ray started or a sweep ran for bad input")
+
+    monkeypatch.setattr(sweep_cli, "run_sweep", boom)
+    monkeypatch.setattr(sweep_cli, "_cluster_gpus", boom)
+
+
+def refused(argv, capsys, storage) -> str:
+    with pytest.raises(SystemExit) as exc:
+        sweep_cli.main(alpha.SPEC, [*argv, "--storage", str(storage)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert not os.path.exists(storage), "bad input wrote something"
+    return err
+
+
+BAD = [
+    (["--epochs", "0"], "--epochs: must be an integer >= 1"),
+    (["--gpus-per-trial", "nan"], "--gpus-per-trial: must be a finite number >= 0"),
+    (["--gpus-per-trial", "inf"], "--gpus-per-trial: must be a finite number >= 0"),
+    (["--gpus-per-trial", "1.5"], "whole number above 1"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial: must be a finite number > 0"),
+    (["--max-concurrent", "0"], "--max-concurrent: must be an integer >= 1"),
+    (["--trials", "-3"], "--trials: must be an integer >= 1"),
+    (["--trials", "2.5"], "--trials: must be an integer"),
+    (["--workers-per-trial", "0"], "--workers-per-trial"),
+    (["--data-root", "/does/not/exist"], "--data-root '/does/not/exist' is not a directory"),
+    (["--dataset", "mnist"], "needs --data-root"),
+    (["--name", "../x"], "--name must be"),
+    (["--name", ".hidden"], "--name must be"),
+    (["--task", "nope"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD)
+def test_bad_flags_are_refused_before_ray(argv, message, capsys, tmp_path):
+    assert message in refused(argv, capsys, tmp_path / "res")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    flag=st.sampled_from(["--epochs", "--trials", "--max-concurrent", "--gpus-per-trial", "--cpus-per-trial", "--seed"]),
+    value=st.one_of(
+        st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e400", "", "x", "1.5e-3", "--"]),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.integers(-10, 0).map(str),
+    ),
+)
+def test_any_invalid_number_is_one_line_and_exit_2(flag, value, tmp_path_factory):
+    """Property: a flag value is either accepted as a valid setting or refused in one line."""
+    storage = tmp_path_factory.mktemp("p") / "res"
+    parser = sweep_cli._parser(alpha.SPEC)
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        args = parser.parse_args([flag, value, "--storage", str(storage)])
+        # Accepted: it must then be a valid, finite setting of its kind.
+        v = getattr(args, flag[2:].replace("-", "_"))
+        import math
+
+        assert math.isfinite(v) and v >= 0
+        raise SystemExit(0)
+    if exc.value.code == 2:
+        lines = err.getvalue().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not storage.exists()
+
+
+def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tmp_path):
+    lock = tmp_path / "locks" / "sweep=s" / "driver.json"
+    lock.parent.mkdir(parents=True)
+    since = time.time() - 5
+    lock.write_text(json.dumps({"token": "t", "host": socket.gethostname(), "pid": os.getpid(), "since": since,
+                                "heartbeat": time.time()}))
+    cmd = [sys.executable, str(ROOT / "sweeps" / "alpha.py"), "--smoke", "--storage", str(tmp_path), "--name", "s",
+           "--gpus-per-trial", "0"]
+    out = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"pid {os.getpid()}" in last and socket.gethostname() in last and "another driver" in last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locks"]  # nothing else written
