@@ -64,10 +64,13 @@ def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
 def _analyze_run(args: argparse.Namespace) -> int:
     from orchestrator import analyze
 
-    try:
+    try:  # 0, or 1 when no sweep has a trial to rank (its notes say why)
         return analyze.run(args.path, args.name, args.out, args.json, plots=not args.no_plots)
-    except (FileNotFoundError, OSError, ValueError) as err:
+    except analyze.AnalyzeError as err:  # nothing to analyse: no such path or sweep, no readable row
         raise UsageError(str(err)) from None
+    except (OSError, ValueError) as err:  # e.g. an object store that refuses access
+        first = str(err).strip().splitlines()
+        raise UsageError(first[0] if first else type(err).__name__) from None
 
 
 _SWEEPS = ("alpha", "solver")
