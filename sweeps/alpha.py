@@ -36,6 +36,11 @@ def space(task: str) -> dict[str, Dim]:
 
 
 def fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """The paper code's settings for everything not searched. Its alpha_x drop is a ratio
+    (``alpha_x_drop``) at the paper's iteration rule (``alpha_x_switch_iter`` None), so every
+    trial drops its own alpha_x the paper's way, and the enqueued first trial is exactly
+    ``JIIOConfig.paper(...)`` with this sweep's iteration count and Anderson memory (at the
+    CPU default of 20 iterations the paper's rule, drop at max(50, 5T/8) - 1, means no drop)."""
     paper = paper_jiio(args.task, args.dataset).to_dict()
     out: dict[str, Any] = {k: v for k, v in paper.items() if k not in ("alpha_z", "alpha_mu", "alpha_x")}
     out.update(
@@ -69,8 +74,6 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.epochs is not None:
         out["epochs"] = args.epochs
-    if out.get("alpha_x_switch_iter") is not None and out["alpha_x_switch_iter"] >= out["max_iter"]:
-        out["alpha_x_switch_iter"] = max(1, 5 * out["max_iter"] // 8)  # the paper's 5T/8 for shorter T
     return out
 
 

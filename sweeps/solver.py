@@ -47,8 +47,8 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
         eval_batches=2,
         batch_size=64,
     )
-    out.pop("alpha_x_switch_iter", None)  # max_iter is searched: a drop at a fixed iteration would not fit
-    out.pop("alpha_x_after", None)
+    # The paper's alpha_x drop stays: a ratio of each trial's alpha_x, at the paper's rule
+    # (alpha_x_switch_iter None), which follows the searched max_iter.
     if args.smoke:
         out.update(epochs=1, max_steps_per_epoch=3, eval_batches=1, batch_size=16)
     return out

@@ -111,3 +111,45 @@ def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tmp_path)
     last = out.stderr.strip().splitlines()[-1]
     assert f"pid {os.getpid()}" in last and socket.gethostname() in last and "another driver" in last
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locks"]  # nothing else written
+
+
+def _first_trial(spec, argv):
+    import argparse
+
+    parser = sweep_cli._parser(spec)
+    spec.add_arguments(parser)
+    args: argparse.Namespace = parser.parse_args(argv)
+    space = spec.space(args.task)
+    (point,) = spec.enqueue(args, space)
+    assert all(space[k].contains(v) for k, v in point.items()), "the paper's point is outside the space"
+    from orchestrator.tasks import TaskConfig
+
+    return TaskConfig.from_flat({**spec.fixed(args), **point}).jiio, space
+
+
+@pytest.mark.parametrize(("task", "paper_task"), [("adversarial", "mnist_adversarial"), ("generative", "celeba_generative")])
+def test_the_alpha_sweeps_first_trial_is_exactly_the_papers_configuration(task, paper_task):
+    from jiio_core import JIIOConfig
+
+    paper = JIIOConfig.paper(paper_task)
+    jiio, space = _first_trial(alpha.SPEC, ["--task", task, "--model-size", "paper"])
+    assert jiio == paper
+    assert [jiio.alpha_x_at(i) for i in range(jiio.max_iter)] == [paper.alpha_x_at(i) for i in range(80 if task == "adversarial" else 100)]
+    # Any other trial drops its own alpha_x by the paper's ratio: a drop, never a rise.
+    other = jiio.replace(alpha_x=space["alpha_x"].high)
+    after = other.alpha_x_at(other.max_iter - 1)
+    assert after < other.alpha_x and after / other.alpha_x == pytest.approx(paper.alpha_x_at(paper.max_iter - 1) / paper.alpha_x)
+    # The CPU-sized default: the paper's configuration with its own T and memory.
+    small, _ = _first_trial(alpha.SPEC, ["--task", task])
+    assert small == paper.replace(max_iter=small.max_iter, anderson_m=small.anderson_m)
+
+
+def test_the_solver_sweeps_first_trial_is_exactly_the_papers_configuration():
+    import solver
+    from jiio_core import JIIOConfig
+
+    jiio, space = _first_trial(solver.SPEC, [])
+    assert jiio == JIIOConfig.paper("mnist_adversarial")
+    assert jiio.alpha_x_at(48) == 0.6 and jiio.alpha_x_at(49) == pytest.approx(0.2)
+    short = jiio.replace(max_iter=40)  # a searched max_iter: the paper's rule, no drop before T
+    assert short.alpha_x_at(39) == 0.6
