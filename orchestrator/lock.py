@@ -58,7 +58,12 @@ class SweepLock:
     """
 
     def __init__(
-        self, store: ResultStore, sweep: str, heartbeat_s: float = 10.0, stale_s: float = 60.0, settle_s: float = 1.0
+        self,
+        store: ResultStore,
+        sweep: str,
+        heartbeat_s: float = 10.0,
+        stale_s: float = 60.0,
+        settle_s: float = 1.0,
     ) -> None:
         self.store, self.sweep = store, sweep
         self.path = f"{store.base}/locks/sweep={sweep}/driver.json"
@@ -70,7 +75,13 @@ class SweepLock:
 
     def _body(self) -> bytes:
         return json.dumps(
-            {"token": self.token, "host": self.host, "pid": self.pid, "since": self.since, "heartbeat": time.time()}
+            {
+                "token": self.token,
+                "host": self.host,
+                "pid": self.pid,
+                "since": self.since,
+                "heartbeat": time.time(),
+            }
         ).encode()
 
     def _read(self) -> dict[str, Any] | None:
@@ -85,9 +96,9 @@ class SweepLock:
     def _stale(self, owner: dict[str, Any]) -> bool:
         if not owner:
             return True
-        if owner.get("host") == self.host and isinstance(owner.get("pid"), int):
-            if not _pid_alive(owner["pid"]):
-                return True
+        same_host = owner.get("host") == self.host and isinstance(owner.get("pid"), int)
+        if same_host and not _pid_alive(owner["pid"]):
+            return True
         return time.time() - float(owner.get("heartbeat", 0)) > self.stale_s
 
     def _refuse(self, owner: dict[str, Any]) -> SweepLockedError:
@@ -96,7 +107,8 @@ class SweepLock:
         return SweepLockedError(
             f"sweep {self.sweep!r} is being run by another driver: host {owner.get('host')}, "
             f"pid {owner.get('pid')}, since {since} (heartbeat {age:.0f} s ago); wait for it to end, "
-            f"or use --name for another sweep (a lock whose driver died is taken over after {self.stale_s:.0f} s)"
+            "or use --name for another sweep "
+            f"(a lock whose driver died is taken over after {self.stale_s:.0f} s)"
         )
 
     def acquire(self) -> SweepLock:

@@ -19,12 +19,14 @@ resumed or duplicated report can never duplicate a row, and a crash loses at mos
 epoch in progress, which is recomputed from the checkpoint and written under the same key.
 Files are written atomically and durably: on a local filesystem to a temporary name,
 fsync'ed, then renamed; on object stores a single PUT is atomic by itself. An unreadable
-file never blocks a read: it is skipped with a warning or moved to ``corrupt/``. Schemas are explicit: a column that is
+file never blocks a read: it is skipped with a warning or moved to ``corrupt/``.
+Schemas are explicit: a column that is
 ``None`` everywhere still gets its declared type, never Arrow's ``null`` type.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -85,6 +87,19 @@ def arrow_schema(rows: list[dict[str, Any]]) -> pa.Schema:
     return pa.schema([pa.field(n, _arrow_type(n, [r.get(n) for r in rows])) for n in names])
 
 
+def _as_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, bool)) else str(value)
+
+
+def _untyped_nulls(t: pa.Table) -> pa.Table:
+    """Columns that are None in every row of a file carry no type information: read them as
+    Arrow's null type, so another file's values of any type decide the column's type."""
+    for i, f in enumerate(t.schema):
+        if t.num_rows and t.column(i).null_count == t.num_rows and f.type != pa.null():
+            t = t.set_column(i, pa.field(f.name, pa.null()), pa.nulls(t.num_rows))
+    return t
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [float(v) for v in value]
@@ -136,11 +151,16 @@ class ResultStore:
                 out.write(data)
             return
         tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -181,7 +201,13 @@ class ResultStore:
         rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
         if not rows:
             return
-        t = pa.Table.from_pylist(rows, schema=arrow_schema(rows))
+        schema = arrow_schema(rows)
+        for f in schema:  # a column of mixed kinds is typed string: write its values as strings
+            if f.type == pa.string():
+                for r in rows:
+                    if r.get(f.name) is not None and not isinstance(r[f.name], str):
+                        r[f.name] = _as_text(r[f.name])
+        t = pa.Table.from_pylist(rows, schema=schema)
         buf = io.BytesIO()
         pq.write_table(t, buf)
         self.put(f"{self._dir(table, sweep)}/{key}.parquet", buf.getvalue())
@@ -221,6 +247,7 @@ class ResultStore:
                 except (pa.ArrowException, OSError) as exc:
                     self._report_corrupt(path, exc, on_corrupt)
                     continue
+                t = _untyped_nulls(t)
                 frames.append(t.append_column("sweep", pa.array([name] * t.num_rows, pa.string())))
         if not frames:
             return pd.DataFrame(columns=[*KEYS[table], "sweep"])

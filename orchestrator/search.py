@@ -46,7 +46,9 @@ class Dim:
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (self.low, self.high))
         bad_range = not finite or not (self.low < self.high) or (self.kind == "loguniform" and self.low <= 0)
         if self.kind != "choice" and bad_range:
-            raise ValueError(f"Dim {self.kind} needs finite 0 < low < high (low > 0 for loguniform), got {self}")
+            raise ValueError(
+                f"Dim {self.kind} needs finite 0 < low < high (low > 0 for loguniform), got {self}"
+            )
 
     def contains(self, value: Any) -> bool:
         if self.kind == "choice":
@@ -196,7 +198,10 @@ def make_searcher(
         if len(params) != len(space) or row["status"] == "error":
             continue
         if not all(space[k].contains(v) for k, v in params.items()):
-            print(f"not telling the searcher about trial {row['trial_id']}: outside the current space", file=sys.stderr)
+            print(
+                f"not telling the searcher about trial {row['trial_id']}: outside the current space",
+                file=sys.stderr,
+            )
             continue
         values = worst if row["status"] == "diverged" else [row.get(m) for m in metrics]
         if any(v is None or not math.isfinite(float(v)) for v in values):

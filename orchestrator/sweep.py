@@ -84,7 +84,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(
-                f"name must be letters, digits, '.', '_', '-' (not starting with '.' or '-'), got {self.name!r}"
+                "name must be letters, digits, '.', '_', '-' (not starting with '.' or '-'), "
+                f"got {self.name!r}"
             )
         if not self.space:
             raise ValueError("space must search at least one hyperparameter")
@@ -98,7 +99,9 @@ class SweepConfig:
             raise ValueError(f"cpus_per_trial must be a finite number > 0, got {self.cpus_per_trial!r}")
         if not (_finite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
             raise ValueError(f"gpus_per_trial must be a finite number >= 0, got {self.gpus_per_trial!r}")
-        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
+        if self.max_concurrent is not None and (
+            not isinstance(self.max_concurrent, int) or self.max_concurrent < 1
+        ):
             raise ValueError(f"max_concurrent must be an integer >= 1, got {self.max_concurrent!r}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError(f"gpus_per_trial above 1 must be a whole number, got {self.gpus_per_trial}")
@@ -166,15 +169,18 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     records = store.records(cfg.name)
     if not cfg.resume and (len(trials) or records):
         raise SweepExistsError(
-            f"sweep {cfg.name!r} already has {len(trials)} finished and {len(store.pending(cfg.name))} unfinished "
-            f"trials in {cfg.storage}: pass --resume to continue (or extend) it, or --name to start a new sweep"
+            f"sweep {cfg.name!r} already has {len(trials)} finished and {len(store.pending(cfg.name))} "
+            f"unfinished trials in {cfg.storage}: pass --resume to continue (or extend) it, "
+            "or --name to start a new sweep"
         )
     if cfg.resume:
         check_resume(store, cfg)
     plan = plan_run(trials, records, tuple(cfg.space))
     remaining = cfg.trials - len(plan.finished)
     if remaining <= 0:
-        print(f"sweep {cfg.name}: {len(plan.finished)} of {cfg.trials} trials already finished; nothing to run")
+        print(
+            f"sweep {cfg.name}: {len(plan.finished)} of {cfg.trials} trials already finished; nothing to run"
+        )
         return _outcome(store, cfg, 0, False)
     resume = plan.resume[:remaining]
     fresh = not len(trials) and not records

@@ -72,7 +72,9 @@ def _number(kind: type, low: float, strict: bool = False, whole_above: float | N
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}")
+            raise argparse.ArgumentTypeError(  # noqa: B904 (argparse shows this message alone)
+                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+            )
         if not math.isfinite(value) or (value <= low if strict else value < low):
             rel = ">" if strict else ">="
             what = "an integer" if kind is int else "a finite number"
@@ -112,7 +114,10 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
         help="data-parallel Ray Train workers per trial (default: one per GPU when --gpus-per-trial >= 2)",
     )
     p.add_argument(
-        "--max-concurrent", type=_number(int, 1), default=None, help="default: what the cluster's resources allow"
+        "--max-concurrent",
+        type=_number(int, 1),
+        default=None,
+        help="default: what the cluster's resources allow",
     )
     p.add_argument("--epochs", type=_number(int, 1), default=None)
     p.add_argument("--model-size", choices=("tiny", "paper"), default=None)
@@ -133,13 +138,19 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: s
     from orchestrator.sweep import _NAME
 
     if not _NAME.fullmatch(name):
-        parser.error(f"--name must be letters, digits, '.', '_' or '-' (not starting with '.' or '-'), got {name!r}")
+        parser.error(
+            f"--name must be letters, digits, '.', '_' or '-' (not starting with '.' or '-'), got {name!r}"
+        )
     if args.dataset != "digits" and not args.data_root:
         parser.error(f"--dataset {args.dataset} needs --data-root DIR (digits ships with scikit-learn)")
     if args.data_root is not None and "://" not in args.data_root and not os.path.isdir(args.data_root):
-        parser.error(f"--data-root {args.data_root!r} is not a directory: pass the directory that holds the dataset")
+        parser.error(
+            f"--data-root {args.data_root!r} is not a directory: pass the directory that holds the dataset"
+        )
     if "://" not in args.storage and os.path.exists(args.storage) and not os.path.isdir(args.storage):
-        parser.error(f"--storage {args.storage!r} is a file: pass a directory (created if missing) or s3://...")
+        parser.error(
+            f"--storage {args.storage!r} is a file: pass a directory (created if missing) or s3://..."
+        )
 
 
 def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
@@ -156,7 +167,9 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     try:  # every fixed setting, with the first point of the space, must make a valid trial
         fixed = spec.fixed(args)
         enqueue = tuple(spec.enqueue(args, space))
-        for point in enqueue or ({k: d.low if d.kind != "choice" else d.choices[0] for k, d in space.items()},):
+        for point in enqueue or (
+            {k: d.low if d.kind != "choice" else d.choices[0] for k, d in space.items()},
+        ):
             TaskConfig.from_flat({**fixed, **point})
     except ValueError as exc:
         parser.error(str(exc))
@@ -199,7 +212,8 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
     print(
-        f"\n{outcome.finished}/{outcome.requested} trials finished ({outcome.completed} completed). Parquet results: "
+        f"\n{outcome.finished}/{outcome.requested} trials finished ({outcome.completed} completed). "
+        "Parquet results: "
         f"{where} (trials/, steps/, traces/ under sweep={name})"
     )
     print(f"Analyse: jiio analyze {args.storage} --name {name}")
@@ -210,7 +224,9 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     if outcome.errors and not outcome.completed:
-        print(f"error: no trial of sweep {name} completed; fix the error above, then --resume", file=sys.stderr)
+        print(
+            f"error: no trial of sweep {name} completed; fix the error above, then --resume", file=sys.stderr
+        )
         return 1
     return 1 if outcome.interrupted else 0
 

@@ -91,7 +91,9 @@ def write_meta(store: ResultStore, cfg, paper_ids: list[str]) -> None:
         "paper_trial_ids": old.get("paper_trial_ids") or paper_ids,
         "created_at": old.get("created_at", time.time()),
     }
-    store.put(f"{store.base}/meta/sweep={cfg.name}/sweep.json", json.dumps(meta, indent=1, default=repr).encode())
+    store.put(
+        f"{store.base}/meta/sweep={cfg.name}/sweep.json", json.dumps(meta, indent=1, default=repr).encode()
+    )
 
 
 @dataclass
@@ -119,7 +121,9 @@ def plan_run(trials: pd.DataFrame, records: dict[str, dict[str, Any]], searched:
         retried = [t for t in errored["trial_id"] if _retryable(records[t])]
         done = done[~done["trial_id"].isin(retried)]
     done_ids = set(done["trial_id"]) if len(done) else set()
-    resume = [(t, r["params"]) for t, r in records.items() if t not in done_ids and r.get("state") != "finished"]
+    resume = [
+        (t, r["params"]) for t, r in records.items() if t not in done_ids and r.get("state") != "finished"
+    ]
     resume += [(t, records[t]["params"]) for t in retried if t not in {x for x, _ in resume}]
     resume_ids = {t for t, _ in resume}
     started = {t: r["params"] for t, r in records.items() if t not in resume_ids}
@@ -128,7 +132,9 @@ def plan_run(trials: pd.DataFrame, records: dict[str, dict[str, Any]], searched:
             if row["trial_id"] not in started and row["trial_id"] not in resume_ids:
                 started[row["trial_id"]] = {k: _native(row[k]) for k in searched if k in row}
     # A record marked finished whose row is gone (quarantined): recompute it.
-    lost = [t for t, r in records.items() if r.get("state") == "finished" and t not in set(trials["trial_id"])]
+    lost = [
+        t for t, r in records.items() if r.get("state") == "finished" and t not in set(trials["trial_id"])
+    ]
     for t in lost:
         resume.append((t, records[t]["params"]))
         started.pop(t, None)
@@ -136,16 +142,26 @@ def plan_run(trials: pd.DataFrame, records: dict[str, dict[str, Any]], searched:
 
 
 def driver_row(
-    store: ResultStore, cfg, trial_id: str, params: dict[str, Any], status: str, last: dict[str, Any], error: str | None
+    store: ResultStore,
+    cfg,
+    trial_id: str,
+    params: dict[str, Any],
+    status: str,
+    last: dict[str, Any],
+    error: str | None,
 ) -> dict[str, Any]:
     """A trials row written by the driver (pruned, error), updating the trial's record."""
     record = store.record(cfg.name, trial_id) or {"params": params, "trial_id": trial_id}
-    prov = {k: record[k] for k in ("torch_version", "ray_version", "git_sha", "device", "host") if k in record}
+    prov = {
+        k: record[k] for k in ("torch_version", "ray_version", "git_sha", "device", "host") if k in record
+    }
     if len(prov) < 5:
         prov = {**provenance(cuda=False), **prov}  # never started on a worker: the driver's
     errors = list(record.get("errors", []))
     if error is not None:
-        errors.append({"message": error.strip().splitlines()[-1][:500] if error.strip() else "", "at": time.time()})
+        errors.append(
+            {"message": error.strip().splitlines()[-1][:500] if error.strip() else "", "at": time.time()}
+        )
         record["error_rounds"] = int(record.get("error_rounds", 0)) + 1
     row = {
         **cfg.fixed,
@@ -183,7 +199,9 @@ def record_pareto(store: ResultStore, cfg) -> None:
     if not len(ok) or any(m not in ok for m in cfg.metrics):
         return
     sign = [1.0 if m == "min" else -1.0 for m in cfg.modes]
-    points = [tuple(s * float(r[m]) for s, m in zip(sign, cfg.metrics, strict=True)) for _, r in ok.iterrows()]
+    points = [
+        tuple(s * float(r[m]) for s, m in zip(sign, cfg.metrics, strict=True)) for _, r in ok.iterrows()
+    ]
     front = ok[pareto_front(points)]
     cols = ["trial_id", *cfg.metrics, *cfg.space]
     store.write("pareto", cfg.name, "front", [{c: _native(r[c]) for c in cols} for _, r in front.iterrows()])

@@ -36,7 +36,10 @@ def _restore(trainer, store: ResultStore, meta: SweepMeta, trial_id: str) -> Non
         trainer.load_state_dict(state)
     except Exception as exc:  # any unreadable checkpoint: start over rather than fail the trial
         where = store.quarantine(store.checkpoint_path(meta.name, trial_id), f"unreadable checkpoint: {exc}")
-        print(f"trial {trial_id}: checkpoint unreadable ({exc}); moved to {where}, starting over", file=sys.stderr)
+        print(
+            f"trial {trial_id}: checkpoint unreadable ({exc}); moved to {where}, starting over",
+            file=sys.stderr,
+        )
 
 
 def train(
@@ -77,7 +80,12 @@ def train(
         if trace is not None:
             n = len(next(iter(trace.values())))
             traces.extend(
-                {"trial_id": trial_id, "step": row["step"], "iteration": i + 1, **{k: v[i] for k, v in trace.items()}}
+                {
+                    "trial_id": trial_id,
+                    "step": row["step"],
+                    "iteration": i + 1,
+                    **{k: v[i] for k, v in trace.items()},
+                }
                 for i in range(n)
             )
         if not row.get("epoch_end"):

@@ -36,7 +36,15 @@ from orchestrator.trial_meta import (
     worst_value,
 )
 
-__all__ = ["SweepMeta", "derived_metrics", "make_trial_id", "run_trial", "trial_id_of", "versions", "worst_value"]
+__all__ = [
+    "SweepMeta",
+    "derived_metrics",
+    "make_trial_id",
+    "run_trial",
+    "trial_id_of",
+    "versions",
+    "worst_value",
+]
 
 
 def trial_id_of(config: dict[str, Any], sweep: str, searched: tuple[str, ...]) -> str:

@@ -27,15 +27,31 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0", "JIIO_GIT_S
 
 
 def _cmd(storage, name, *extra):
-    return [sys.executable, SCRIPT, "--smoke", "--storage", str(storage), "--name", name, "--gpus-per-trial", "0", *extra]
+    return [
+        sys.executable,
+        SCRIPT,
+        "--smoke",
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--gpus-per-trial",
+        "0",
+        *extra,
+    ]
 
 
 def _run(storage, name, *extra, timeout=600):
-    return subprocess.run(_cmd(storage, name, *extra), env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        _cmd(storage, name, *extra), env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _raw_rows(store: ResultStore, table: str, name: str) -> pd.DataFrame:
-    frames = [pq.read_table(f"{store.base}/{table}/sweep={name}/{k}.parquet").to_pandas() for k in store.keys(table, name)]
+    frames = [
+        pq.read_table(f"{store.base}/{table}/sweep={name}/{k}.parquet").to_pandas()
+        for k in store.keys(table, name)
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -51,11 +67,18 @@ def _same(a, b) -> bool:
 def _check(store: ResultStore, name: str, n: int, kept: dict[str, dict]) -> pd.DataFrame:
     trials = _raw_rows(store, "trials", name)
     assert len(trials) == n and trials["trial_id"].is_unique, trials[["trial_id", "status"]]
-    assert set(trials["status"]) <= {"completed", "diverged", "pruned"}, trials[["trial_id", "status", "error"]]
-    for table, key in (("steps", ["trial_id", "step", "phase"]), ("traces", ["trial_id", "step", "iteration"])):
+    assert set(trials["status"]) <= {"completed", "diverged", "pruned"}, trials[
+        ["trial_id", "status", "error"]
+    ]
+    for table, key in (
+        ("steps", ["trial_id", "step", "phase"]),
+        ("traces", ["trial_id", "step", "iteration"]),
+    ):
         raw = _raw_rows(store, table, name)
         assert not raw.duplicated(subset=key).any(), f"a {table} key is in two files"
-        assert set(raw["trial_id"]) <= set(trials["trial_id"]), f"{table} rows of a trial that is not in trials/"
+        assert set(raw["trial_id"]) <= set(trials["trial_id"]), (
+            f"{table} rows of a trial that is not in trials/"
+        )
     now = trials.set_index("trial_id")
     for tid, row in kept.items():  # rows finished before a kill are unchanged
         assert tid in now.index
@@ -84,22 +107,32 @@ def test_five_sigkills_at_random_moments_then_resume_gives_exactly_n_trials(tmp_
     rng = random.Random(int(os.environ.get("JIIO_KILL_SEED", "7")))
     extra = ("--trials", str(n), "--epochs", "3", "--max-concurrent", "2")
     moments = [
-        ("before any trial finished", lambda: len(store.keys("pending", name)) >= 2 and not store.keys("trials", name)),
+        (
+            "before any trial finished",
+            lambda: len(store.keys("pending", name)) >= 2 and not store.keys("trials", name),
+        ),
         ("mid-epoch of a multi-epoch trial", lambda: bool(store.keys("checkpoints", name))),
-        ("while ASHA stops a trial", lambda: bool(store.keys("trials", name)) and "pruned" in set(store.read("trials", name)["status"])),
+        (
+            "while ASHA stops a trial",
+            lambda: (
+                bool(store.keys("trials", name)) and "pruned" in set(store.read("trials", name)["status"])
+            ),
+        ),
         ("at a random time", None),
         ("at a random time", None),
     ]
     kept: dict[str, dict] = {}
     kills = 0
-    for i, (what, cond) in enumerate(moments):
+    for i, (_what, cond) in enumerate(moments):
         log = tmp_path / f"run{i}.log"
         with open(log, "w") as out:
             args = _cmd(tmp_path, name, *extra, *(("--resume",) if i else ()))
-            proc = subprocess.Popen(args, env=ENV, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                args, env=ENV, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
             if cond is None:
                 deadline = time.time() + rng.uniform(4, 25)
-                _wait(lambda: time.time() > deadline, proc, log)
+                _wait(lambda d=deadline: time.time() > d, proc, log)
             else:
                 _wait(cond, proc, log)
                 time.sleep(rng.uniform(0, 1.5))

@@ -19,25 +19,41 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _plant(store: ResultStore, sweep: str, **owner) -> None:
-    body = {"token": "other", "host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-            "heartbeat": time.time(), **owner}
+    body = {
+        "token": "other",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.time(),
+        "heartbeat": time.time(),
+        **owner,
+    }
     store.put(f"{store.base}/locks/sweep={sweep}/driver.json", json.dumps(body).encode())
 
 
 def test_a_second_driver_is_refused_with_the_first_ones_host_pid_and_start(tmp_path):
     store = ResultStore(str(tmp_path))
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from orchestrator.results import ResultStore; from orchestrator.lock import SweepLock;"
-         f"l = SweepLock(ResultStore({str(tmp_path)!r}), 's').acquire(); print('held', flush=True); time.sleep(60)"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import time; from orchestrator.results import ResultStore;"
+            "from orchestrator.lock import SweepLock;"
+            f"l = SweepLock(ResultStore({str(tmp_path)!r}), 's').acquire();"
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(SweepLockedError) as exc:
             SweepLock(store, "s").acquire()
         msg = str(exc.value)
-        assert f"pid {holder.pid}" in msg and socket.gethostname() in msg and "since" in msg and "--name" in msg
+        assert (
+            f"pid {holder.pid}" in msg and socket.gethostname() in msg and "since" in msg and "--name" in msg
+        )
         assert "\n" not in msg
     finally:
         holder.kill()

@@ -306,12 +306,6 @@ def test_truncated_file_never_blocks_a_read(n, victim, cut, values):
         assert err.getvalue() == ""  # the quarantined file is out of the table
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ResultStore.put leaves its .tmp- file behind when the write or rename fails (only clean_tmp "
-    "at the next sweep start removes it); it should delete it in a finally/except",
-)
 def test_failed_put_leaves_no_temporary_file(tmp_path):
     store = ResultStore(str(tmp_path))
     target = f"{store.base}/trials/sweep=s/t.parquet"
@@ -324,13 +318,6 @@ def test_failed_put_leaves_no_temporary_file(tmp_path):
 # --- known gaps, found by the properties above (strict: they flag the fix) ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pa.ArrowException,
-    reason="a column None in every row of one file is written as float64 (no declared type); read() then "
-    "cannot combine it with a str / bool / list column, or an int64 one beyond 2**53, of another file "
-    "of the same sweep, and the whole read fails",
-)
 @pytest.mark.parametrize(
     "value", ["cuda:0", True, [1.0, 2.0], 2**53 + 1], ids=["str", "bool", "list", "bigint"]
 )
@@ -344,12 +331,6 @@ def test_column_none_in_one_file_typed_in_another(tmp_path, value):
     assert (got.tolist() if isinstance(got, np.ndarray) else got) == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pa.ArrowException,
-    reason="_arrow_type types a column of mixed kinds (str and int, bool and int, list and float) as "
-    "string, but write() passes the values unconverted, so pyarrow refuses the rows",
-)
 @pytest.mark.parametrize(
     "values", [("a", 1), (True, 2), ([1.0], 2.0)], ids=["str-int", "bool-int", "list-float"]
 )

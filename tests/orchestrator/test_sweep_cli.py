@@ -69,7 +69,9 @@ def test_bad_flags_are_refused_before_ray(argv, message, capsys, tmp_path):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    flag=st.sampled_from(["--epochs", "--trials", "--max-concurrent", "--gpus-per-trial", "--cpus-per-trial", "--seed"]),
+    flag=st.sampled_from(
+        ["--epochs", "--trials", "--max-concurrent", "--gpus-per-trial", "--cpus-per-trial", "--seed"]
+    ),
     value=st.one_of(
         st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e400", "", "x", "1.5e-3", "--"]),
         st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -102,10 +104,28 @@ def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tmp_path)
     lock = tmp_path / "locks" / "sweep=s" / "driver.json"
     lock.parent.mkdir(parents=True)
     since = time.time() - 5
-    lock.write_text(json.dumps({"token": "t", "host": socket.gethostname(), "pid": os.getpid(), "since": since,
-                                "heartbeat": time.time()}))
-    cmd = [sys.executable, str(ROOT / "sweeps" / "alpha.py"), "--smoke", "--storage", str(tmp_path), "--name", "s",
-           "--gpus-per-trial", "0"]
+    lock.write_text(
+        json.dumps(
+            {
+                "token": "t",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": since,
+                "heartbeat": time.time(),
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "alpha.py"),
+        "--smoke",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "s",
+        "--gpus-per-trial",
+        "0",
+    ]
     out = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
@@ -127,18 +147,24 @@ def _first_trial(spec, argv):
     return TaskConfig.from_flat({**spec.fixed(args), **point}).jiio, space
 
 
-@pytest.mark.parametrize(("task", "paper_task"), [("adversarial", "mnist_adversarial"), ("generative", "celeba_generative")])
+@pytest.mark.parametrize(
+    ("task", "paper_task"), [("adversarial", "mnist_adversarial"), ("generative", "celeba_generative")]
+)
 def test_the_alpha_sweeps_first_trial_is_exactly_the_papers_configuration(task, paper_task):
     from jiio_core import JIIOConfig
 
     paper = JIIOConfig.paper(paper_task)
     jiio, space = _first_trial(alpha.SPEC, ["--task", task, "--model-size", "paper"])
     assert jiio == paper
-    assert [jiio.alpha_x_at(i) for i in range(jiio.max_iter)] == [paper.alpha_x_at(i) for i in range(80 if task == "adversarial" else 100)]
+    assert [jiio.alpha_x_at(i) for i in range(jiio.max_iter)] == [
+        paper.alpha_x_at(i) for i in range(80 if task == "adversarial" else 100)
+    ]
     # Any other trial drops its own alpha_x by the paper's ratio: a drop, never a rise.
     other = jiio.replace(alpha_x=space["alpha_x"].high)
     after = other.alpha_x_at(other.max_iter - 1)
-    assert after < other.alpha_x and after / other.alpha_x == pytest.approx(paper.alpha_x_at(paper.max_iter - 1) / paper.alpha_x)
+    assert after < other.alpha_x and after / other.alpha_x == pytest.approx(
+        paper.alpha_x_at(paper.max_iter - 1) / paper.alpha_x
+    )
     # The CPU-sized default: the paper's configuration with its own T and memory.
     small, _ = _first_trial(alpha.SPEC, ["--task", task])
     assert small == paper.replace(max_iter=small.max_iter, anderson_m=small.anderson_m)
@@ -146,6 +172,7 @@ def test_the_alpha_sweeps_first_trial_is_exactly_the_papers_configuration(task, 
 
 def test_the_solver_sweeps_first_trial_is_exactly_the_papers_configuration():
     import solver
+
     from jiio_core import JIIOConfig
 
     jiio, space = _first_trial(solver.SPEC, [])

@@ -31,10 +31,17 @@ def test_resume_with_changed_settings_is_refused_in_one_line_naming_each_change(
     write_meta(store, cfg(), [])
     check_resume(store, cfg(trials=12))  # extending is not a change of what a trial means
     with pytest.raises(ValueError) as exc:
-        check_resume(store, cfg(fixed={"task": "adversarial", "epochs": 1, "max_iter": 20}, data={
-            "dataset": "digits", "data_root": None, "seed": 3}))
+        check_resume(
+            store,
+            cfg(
+                fixed={"task": "adversarial", "epochs": 1, "max_iter": 20},
+                data={"dataset": "digits", "data_root": None, "seed": 3},
+            ),
+        )
     msg = str(exc.value)
-    assert "fixed.epochs: 2 -> 1" in msg and "data.seed: 0 -> 3" in msg and "--name" in msg and "\n" not in msg
+    assert (
+        "fixed.epochs: 2 -> 1" in msg and "data.seed: 0 -> 3" in msg and "--name" in msg and "\n" not in msg
+    )
     with pytest.raises(ValueError, match=r"space.alpha_x.high: 2.0 -> 1.0"):
         check_resume(store, cfg(space={"alpha_x": Dim("loguniform", 0.05, 1.0)}))
 
@@ -47,15 +54,33 @@ def test_plan_continues_unfinished_retries_errors_and_recomputes_lost_rows():
     records = {
         "a": {"params": {"alpha_x": 0.1}, "state": "finished"},
         "b": {"params": {"alpha_x": 0.2}, "state": "running"},
-        "e1": {"params": {"alpha_x": 0.3}, "state": "finished", "error_rounds": 1, "errors": [{"message": "x"}]},
-        "e2": {"params": {"alpha_x": 0.4}, "state": "finished", "error_rounds": 2,
-               "errors": [{"message": "same"}, {"message": "same"}]},
-        "e3": {"params": {"alpha_x": 0.5}, "state": "finished", "error_rounds": 3,
-               "errors": [{"message": "1"}, {"message": "2"}, {"message": "3"}]},
+        "e1": {
+            "params": {"alpha_x": 0.3},
+            "state": "finished",
+            "error_rounds": 1,
+            "errors": [{"message": "x"}],
+        },
+        "e2": {
+            "params": {"alpha_x": 0.4},
+            "state": "finished",
+            "error_rounds": 2,
+            "errors": [{"message": "same"}, {"message": "same"}],
+        },
+        "e3": {
+            "params": {"alpha_x": 0.5},
+            "state": "finished",
+            "error_rounds": 3,
+            "errors": [{"message": "1"}, {"message": "2"}, {"message": "3"}],
+        },
         "lost": {"params": {"alpha_x": 0.6}, "state": "finished"},  # its row was quarantined
     }
-    trials = _trials(("a", "completed", 0.1), ("e1", "error", 0.3), ("e2", "error", 0.4), ("e3", "error", 0.5),
-                     ("old", "completed", 0.7))  # "old": a row of a sweep written before records
+    trials = _trials(
+        ("a", "completed", 0.1),
+        ("e1", "error", 0.3),
+        ("e2", "error", 0.4),
+        ("e3", "error", 0.5),
+        ("old", "completed", 0.7),
+    )  # "old": a row of a sweep written before records
     plan = plan_run(trials, records, ("alpha_x",))
     assert sorted(plan.finished["trial_id"]) == ["a", "e2", "e3", "old"]  # same error twice / out of rounds
     assert [t for t, _ in plan.resume] == ["b", "e1", "lost"]
@@ -65,13 +90,31 @@ def test_plan_continues_unfinished_retries_errors_and_recomputes_lost_rows():
 
 def test_driver_rows_carry_the_trials_provenance_and_error_history(tmp_path):
     store = ResultStore(str(tmp_path))
-    rec = {"params": {"alpha_x": 0.3}, "trial_id": "e", "state": "running", "attempts": 3, "wall_s": 12.5,
-           "torch_version": "t", "ray_version": "r", "git_sha": "g", "device": "gpu0", "host": "node7",
-           "first_started_at": 1.0, "errors": [{"message": "RuntimeError: first"}], "error_rounds": 1}
+    rec = {
+        "params": {"alpha_x": 0.3},
+        "trial_id": "e",
+        "state": "running",
+        "attempts": 3,
+        "wall_s": 12.5,
+        "torch_version": "t",
+        "ray_version": "r",
+        "git_sha": "g",
+        "device": "gpu0",
+        "host": "node7",
+        "first_started_at": 1.0,
+        "errors": [{"message": "RuntimeError: first"}],
+        "error_rounds": 1,
+    }
     store.write_record("s", "e", rec)
     store.save_checkpoint("s", "e", b"x")
     row = driver_row(store, cfg(), "e", {"alpha_x": 0.3}, "error", {}, "Traceback ...\nValueError: second")
-    assert (row["device"], row["host"], row["git_sha"], row["wall_s"], row["attempts"]) == ("gpu0", "node7", "g", 12.5, 3)
+    assert (row["device"], row["host"], row["git_sha"], row["wall_s"], row["attempts"]) == (
+        "gpu0",
+        "node7",
+        "g",
+        12.5,
+        3,
+    )
     assert json.loads(row["error_history"])[0]["message"] == "RuntimeError: first"
     back = store.read("trials", "s").iloc[0]
     assert back["status"] == "error" and back["error"].endswith("ValueError: second")
