@@ -1,9 +1,11 @@
 """Trials that tune the inner solve alone: JIIO on a fixed trained model, no training.
 
 Each trial loads the same checkpoint (a ``Trainer.state_dict`` saved with ``torch.save``),
-runs the inner problem with its own solver settings on held-out batches (adversarial:
-the JIIO attack on the eps-ball; generative / inverse: latent inference), and reports the
-final inner objective and the wall time: the two objectives of a multi-objective sweep.
+runs the task's own inner problem with its own solver settings on held-out batches
+(adversarial: the task's JIIO attack on the eps-ball; generative / inpainting / denoising:
+the task's latent inference against its observation, i.e. the clean, masked or noisy
+image), and reports the final inner objective and the wall time: the two objectives of a
+multi-objective sweep.
 :func:`ensure_checkpoint` trains a small model once, in the driver, when none is given.
 """
 
@@ -11,15 +13,21 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 
-from jiio_core import jiio_solve, l2_ball
+from jiio_core import JIIOResult
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.results import ResultStore
 from orchestrator.tasks import TaskConfig
+from orchestrator.tasks.common import mean_trace
+from orchestrator.tasks.generative import psnr
+from orchestrator.tasks.registry import make_trainer
+
+if TYPE_CHECKING:
+    from orchestrator.trial_meta import SweepMeta
 
 __all__ = ["ensure_checkpoint", "load_bytes", "pareto_front", "run_solve"]
 
@@ -43,13 +51,19 @@ def load_bytes(path: str) -> bytes:
 def ensure_checkpoint(
     path: str | None, storage: str, name: str, fixed: dict[str, Any], data: dict[str, Any]
 ) -> str:
-    """``path`` if given, else train a small model once and store it under ``<storage>/models/``."""
+    """``path`` if given, else train a small model once and store it under ``<storage>/models/``.
+
+    A given ``path`` that does not exist raises :class:`FileNotFoundError` now, in the
+    driver, rather than in every trial. Without one, the model is trained once (adversarial:
+    clean training; the other tasks: JIIO training) and stored as
+    ``<storage>/models/<name>.pt``; a later call (a resumed or extended sweep) finds it there
+    and returns the same URI without training again, so every trial sees the same model. A
+    relative local ``storage`` gives an absolute path, valid whatever the trials' directory.
+    """
     if path:
         load_bytes(path)  # fail early, with the message above, if it is missing
         return path
     import pyarrow.fs as pafs
-
-    from orchestrator.trainable import task_trainer
 
     store = ResultStore(storage)
     target = f"{store.base}/models/{name}.pt"
@@ -61,49 +75,91 @@ def ensure_checkpoint(
     print(
         f"training the fixed model for {name} ({cfg.task}, {train_mode}, {cfg.epochs} epochs) ...", flush=True
     )
-    trainer = task_trainer(cfg, load_dataset(DataConfig(**data)))
-    trainer.fit()
+    trainer = make_trainer(cfg, load_dataset(DataConfig(**data)))
+    result = trainer.fit()
+    if result.status != "completed":
+        print(f"warning: training the fixed model for {name} ended {result.status}", flush=True)
     buf = io.BytesIO()
     torch.save(trainer.state_dict(), buf)
     store.put(target, buf.getvalue())
     return uri
 
 
-def run_solve(
-    task_cfg: TaskConfig, data, meta, store: ResultStore, trial_id: str
-) -> tuple[dict[str, Any], str]:
-    """Inner solves with ``task_cfg.jiio`` on the checkpoint's model; metrics and status."""
-    from orchestrator.trainable import task_trainer
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    assert meta.checkpoint is not None, "a solve sweep needs a checkpoint"
+
+def _solve_batch(trainer: Any, x: Tensor, y: Tensor, gen: torch.Generator | None) -> JIIOResult:
+    """The task's own inner problem on one test batch, solved by JIIO as the task solves it.
+
+    Adversarial: ``trainer.attack_jiio`` (minimise ``-CE(head(z*), labels)`` over the eps-ball
+    around the images). Generative / inpainting / denoising: the observation and mask of
+    ``trainer.eval_problem`` (the clean image; the masked image; the noisy image), then
+    ``trainer.solve_latent`` (minimise ``|mask * (head(z*(x)) - observation)|^2`` over the
+    latent from ``x0 = 0``).
+    """
+    if trainer.config.task == "adversarial":
+        return trainer.attack_jiio(x, y)
+    target, mask = trainer.eval_problem(x, gen)
+    sol = trainer.solve_latent(target, mask)
+    assert sol.res is not None  # mode "jiio"
+    return sol.res
+
+
+def _quality(trainer: Any, res: JIIOResult, x: Tensor, y: Tensor) -> float:
+    """Adversarial: the classifier's accuracy at the returned state; otherwise the mean PSNR
+    of the reconstruction ``head(z*)`` against the CLEAN images."""
+    out = trainer.head(res.z)
+    if trainer.config.task == "adversarial":
+        return float((out.argmax(1) == y).float().mean())
+    return float(psnr(out, x).mean())
+
+
+def run_solve(
+    task_cfg: TaskConfig, data: Any, meta: SweepMeta, store: ResultStore, trial_id: str
+) -> tuple[dict[str, Any], str]:
+    """Inner solves with ``task_cfg.jiio`` on the checkpoint's model; metrics and status.
+
+    The inner problem is the task's own, on the first ``eval_batches`` test batches (see
+    :func:`_solve_batch`); the model's settings (task, size, latent, eps, noise) come from
+    the checkpoint. Metrics: ``inner_objective`` (the mean over batches of the mean inner
+    loss of the non-diverged samples at the returned iterate: adversarial ``-CE``, else the
+    summed squared error against the observation), ``solve_s`` (wall time of the solves),
+    ``solver_diverged`` / ``solver_converged`` (fractions), and ``attack_acc`` (adversarial)
+    or ``recon_psnr`` (PSNR in dB of the reconstruction against the clean image). Writes
+    one ``steps`` row per batch (phase ``"solve"``) and its per-iteration ``traces``.
+    """
+    if meta.checkpoint is None:
+        raise ValueError("a solve sweep needs a checkpoint (SweepMeta.checkpoint)")
     state = torch.load(io.BytesIO(load_bytes(meta.checkpoint)), map_location="cpu", weights_only=True)
     model_keys = ("task", "model_size", "latent_dim", "supervised", "noise_sigma", "eps")
-    cfg = task_cfg.replace(**{k: state["config"][k] for k in model_keys if k in state["config"]})
-    trainer = task_trainer(cfg, data)
+    # Whatever the checkpoint was trained by, the solve sweep runs the task's JIIO inner solve.
+    cfg = task_cfg.replace(mode="jiio", **{k: state["config"][k] for k in model_keys if k in state["config"]})
+    trainer = make_trainer(cfg, data)
     trainer.load_state_dict(state)
-    cell, head = trainer.modules["cell"].eval(), trainer.modules["head"].eval()
-    for p in [*cell.parameters(), *head.parameters()]:
-        p.requires_grad_(False)
+    for m in trainer.modules.values():
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    quality_name = "attack_acc" if cfg.task == "adversarial" else "recon_psnr"
+    # the corruptions of the task's own evaluation (the same for every trial of the sweep)
+    gen = trainer._eval_generator() if cfg.task != "adversarial" else None
     rows, traces, objective, seconds, diverged, converged, quality = [], [], [], 0.0, [], [], []
     for i, (x, y) in enumerate(trainer.eval_batches("test")):
-        if cfg.task == "adversarial":
-            loss = lambda z, y=y: -F.cross_entropy(head(z), y, reduction="none")  # noqa: E731
-            x0, project = x, l2_ball(x, cfg.eps)
-        else:
-            loss = lambda z, y=y: (head(z) - y).pow(2).flatten(1).sum(1)  # noqa: E731
-            x0, project = torch.zeros(x.shape[0], cfg.latent_dim, device=x.device), None
-            y = x
+        _sync(trainer.device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            res = jiio_solve(cell, loss, x0, config=cfg.jiio, project=project)
-        seconds += time.perf_counter() - t0
+            res = _solve_batch(trainer, x, y, gen)
+        _sync(trainer.device)
+        solve_s = time.perf_counter() - t0
+        seconds += solve_s
+        with torch.no_grad():
+            quality.append(_quality(trainer, res, x, y))
         ok = ~res.diverged
         objective.append(float(res.objective[ok].mean()) if bool(ok.any()) else float("inf"))
         diverged.append(float(res.diverged.float().mean()))
         converged.append(float(res.converged.float().mean()))
-        if cfg.task == "adversarial":
-            with torch.no_grad():
-                quality.append(float((head(res.z).argmax(1) == y).float().mean()))
         rows.append(
             {
                 "trial_id": trial_id,
@@ -115,25 +171,27 @@ def run_solve(
                 "solver_converged": converged[-1],
                 "solver_diverged": diverged[-1],
                 "solver_residual": float(res.residual[ok].mean()) if bool(ok.any()) else float("inf"),
-                "solve_s": time.perf_counter() - t0,
+                "solve_s": solve_s,
+                quality_name: quality[-1],
             }
         )
-        means = {k: t.mean(dim=1).tolist() for k, t in res.trace.items()}
+        means = mean_trace(res)
         traces.extend(
             {"trial_id": trial_id, "step": i + 1, "iteration": j + 1, **{k: v[j] for k, v in means.items()}}
             for j in range(res.iterations)
         )
+    n = len(objective)
+    if n == 0:
+        raise ValueError("the test split gave no batch to solve (check eval_batches and the dataset limits)")
     store.write("steps", meta.name, f"{trial_id}-e0000", rows)
     store.write("traces", meta.name, f"{trial_id}-e0000", traces)
-    n = len(objective)
     metrics = {
         "inner_objective": sum(objective) / n,
         "solve_s": seconds,
         "solver_diverged": sum(diverged) / n,
         "solver_converged": sum(converged) / n,
+        quality_name: sum(quality) / n,
     }
-    if quality:
-        metrics["attack_acc"] = sum(quality) / n
     status = "diverged" if metrics["solver_diverged"] > 0.5 else "completed"
     return metrics, status
 
