@@ -163,8 +163,7 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     removed = store.clean_tmp()
     if removed:
         print(f"removed {removed} leftover temporary files of an interrupted write", file=sys.stderr)
-    for table in ("steps", "traces"):
-        store.check(table, cfg.name)  # unreadable files move to corrupt/ (their trials rerun below)
+    _quarantine_incomplete(store, cfg.name)
     trials = store.read("trials", cfg.name, on_corrupt="quarantine")
     records = store.records(cfg.name)
     if not cfg.resume and (len(trials) or records):
@@ -262,6 +261,19 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     if len(cfg.metrics) > 1:
         record_pareto(store, cfg)
     return _outcome(store, cfg, len(resume), interrupted)
+
+
+def _quarantine_incomplete(store: ResultStore, sweep: str) -> None:
+    """Unreadable steps/traces files move to ``corrupt/``; a finished trial that lost one
+    has its row moved there too, so this run recomputes it (under the same keys)."""
+    bad = {key.rsplit("-e", 1)[0] for table in ("steps", "traces") for key in store.check(table, sweep)}
+    for tid in sorted(bad & set(store.keys("trials", sweep))):
+        path = f"{store.base}/trials/sweep={sweep}/{tid}.parquet"
+        where = store.quarantine(path, "a steps or traces file of this trial was unreadable")
+        print(
+            f"trial {tid}: some of its rows were unreadable; its row moved to {where}, it runs again",
+            file=sys.stderr,
+        )
 
 
 def _outcome(store: ResultStore, cfg: SweepConfig, ran: int, interrupted: bool) -> SweepOutcome:

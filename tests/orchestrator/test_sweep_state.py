@@ -122,3 +122,19 @@ def test_driver_rows_carry_the_trials_provenance_and_error_history(tmp_path):
     assert after["error_rounds"] == 2 and after["state"] == "finished"
     assert [e["message"] for e in after["errors"]] == ["RuntimeError: first", "ValueError: second"]
     assert store.load_checkpoint("s", "e") is None
+
+
+def test_a_finished_trial_with_an_unreadable_steps_file_is_recomputed(tmp_path):
+    from orchestrator.sweep import _quarantine_incomplete
+
+    store = ResultStore(str(tmp_path))
+    for tid in ("a", "b"):
+        store.write("trials", "s", tid, [{"trial_id": tid, "status": "completed"}])
+        store.write("steps", "s", f"{tid}-e0001", [{"trial_id": tid, "step": 1, "phase": "train"}])
+        store.write_record("s", tid, {"params": {"alpha_x": 0.1}, "trial_id": tid, "state": "finished"})
+    (tmp_path / "steps" / "sweep=s" / "b-e0001.parquet").write_bytes(b"garbage")
+    _quarantine_incomplete(store, "s")
+    assert store.keys("trials", "s") == ["a"] and store.keys("steps", "s") == ["a-e0001"]
+    plan = plan_run(store.read("trials", "s"), store.records("s"), ("alpha_x",))
+    assert [t for t, _ in plan.resume] == ["b"]
+    assert len(list((tmp_path / "corrupt").rglob("*.why.json"))) == 2
