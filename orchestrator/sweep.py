@@ -35,6 +35,7 @@ from typing import Any
 from orchestrator.lock import SweepLock
 from orchestrator.results import ResultStore
 from orchestrator.search import Dim, make_searcher
+from orchestrator.storage_check import check_shared, remove_marker
 from orchestrator.sweep_state import FINISHED, check_resume, driver_row, plan_run, record_pareto, write_meta
 from orchestrator.trainable import run_trial, trial_id_of
 from orchestrator.trial_meta import SweepMeta, make_trial_id
@@ -157,8 +158,6 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
 
 def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     import ray
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
     removed = store.clean_tmp()
     if removed:
@@ -193,6 +192,19 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     write_meta(store, cfg, [make_trial_id(cfg.name, dict(p)) for p in cfg.enqueue])
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
+    marker = check_shared(cfg.storage, store.base, cfg.name)  # every node must see local storage
+    try:
+        return _run_tuner(cfg, store, plan, resume, enqueue, remaining, marker)
+    finally:
+        remove_marker(marker)
+
+
+def _run_tuner(
+    cfg: SweepConfig, store: ResultStore, plan, resume, enqueue, remaining, marker
+) -> SweepOutcome:
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
     storage_path = cfg.storage if "://" in cfg.storage else store.base
     meta = SweepMeta(
         name=cfg.name,
@@ -209,6 +221,7 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
             "cpus_per_trial": cfg.cpus_per_trial,
             "workers_per_trial": cfg.workers_per_trial,
             "ray_storage": f"{storage_path}/ray",
+            "storage_marker": marker,
             **cfg.extra,
         },
     )

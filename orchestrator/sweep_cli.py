@@ -11,12 +11,14 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jiio_core import JIIOConfig
+from orchestrator.cluster_settings import ClusterSettings, ClusterSettingsError
 from orchestrator.data import DATASETS
 from orchestrator.lock import SweepLockedError
 from orchestrator.sweep import Dim, SweepConfig, SweepExistsError, resume_command, run_sweep
@@ -92,7 +94,12 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-root", default=None, help="directory of mnist/cifar10/celeba files")
     p.add_argument("--trials", type=_number(int, 1), default=6, help="total trials of the sweep (default 6)")
-    p.add_argument("--storage", default="results", help="results root: a directory, s3://... or gs://...")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="results root: a directory, s3://... or gs://... (default: the cluster's metadata.jiio.storage, "
+        "else 'results')",
+    )
     p.add_argument("--name", default=None, help="sweep name (default: <script>-<task>-<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue (or, with a larger --trials, extend) it")
     p.add_argument(
@@ -133,6 +140,38 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
     return p
 
 
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClusterSettings:
+    """Fill storage, GPUs per trial, model size and data root: flag, else the cluster's
+    setting, else the built-in default; print which was used."""
+    try:
+        cluster = ClusterSettings.load()
+        chosen = {
+            key: cluster.resolve(key, getattr(args, key), default)
+            for key, default in (
+                ("storage", "results"),
+                ("gpus_per_trial", None),
+                ("model_size", "tiny"),
+                ("data_root", None),
+            )
+        }
+    except ClusterSettingsError as exc:
+        parser.error(str(exc))
+    for key, (value, _) in chosen.items():
+        setattr(args, key, value)
+    if cluster.launcher and "://" not in args.storage and chosen["storage"][1] == "default":
+        parser.error(
+            f"--storage defaults to the local directory {args.storage!r}, which every node of this cluster "
+            "has its own copy of: set metadata.jiio.storage in the cluster config (e.g. s3://BUCKET/jiio) "
+            "or pass --storage s3://BUCKET/PREFIX, or a directory on a shared mount (NFS)"
+        )
+    shown = ", ".join(
+        f"{k}={v!r} ({src})" for k, (v, src) in chosen.items() if v is not None or k != "data_root"
+    )
+    args._cluster = cluster
+    args._settings_line = f"settings: {shown}"
+    return cluster
+
+
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
     """Checks that need more than one flag, or the filesystem; all before Ray starts."""
     from orchestrator.sweep import _NAME
@@ -143,7 +182,9 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: s
         )
     if args.dataset != "digits" and not args.data_root:
         parser.error(f"--dataset {args.dataset} needs --data-root DIR (digits ships with scikit-learn)")
-    if args.data_root is not None and "://" not in args.data_root and not os.path.isdir(args.data_root):
+    on_cluster = args._cluster.path is not None  # the data lives on the workers, not necessarily here
+    root = None if args.data_root is None else os.path.expanduser(args.data_root)
+    if root is not None and not on_cluster and "://" not in root and not os.path.isdir(root):
         parser.error(
             f"--data-root {args.data_root!r} is not a directory: pass the directory that holds the dataset"
         )
@@ -159,6 +200,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     spec.add_arguments(parser)
     args = parser.parse_args(argv)
     name = args.name or f"{spec.default_name}-{args.task}-{args.dataset}"
+    _settings(parser, args)
     _validate(parser, args, name)
     space = spec.space(args.task)
     metrics, modes = spec.objective(args.task)
@@ -176,6 +218,11 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if _cluster_gpus(args.address) > 0 else 0.0
+        args._settings_line = args._settings_line.replace(
+            "gpus_per_trial=None (default)",
+            f"gpus_per_trial={gpus!r} (default: {'' if gpus else 'no '}GPU in Ray)",
+        )
+    print(args._settings_line, flush=True)
     workers = args.workers_per_trial
     if gpus >= 2 and workers == 1:
         workers = int(gpus)  # whole GPUs above one: one data-parallel worker per GPU
@@ -200,7 +247,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             kind=spec.kind,
             reuse_actors=not args.no_reuse_actors,
             address=args.address,
-            resume_command=resume_command([script, *argv]),
+            resume_command=_resume_hint(args, script, argv),
         )
         cfg = dataclasses.replace(cfg, **spec.prepare(args, fixed, data, name))
         outcome = run_sweep(cfg)
@@ -229,6 +276,14 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         )
         return 1
     return 1 if outcome.interrupted else 0
+
+
+def _resume_hint(args: argparse.Namespace, script: str, argv: list[str]) -> str:
+    """The command that resumes this sweep: ``ray submit`` on a launcher's cluster."""
+    if args._cluster.launcher:
+        rest = shlex.join([a for a in argv if a != "--resume"] + ["--resume"])
+        return f"ray submit CLUSTER_CONFIG sweeps/{os.path.basename(script)} -- {rest}  (from your machine)"
+    return resume_command([script, *argv])
 
 
 def _cluster_gpus(address: str | None) -> float:

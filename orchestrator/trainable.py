@@ -25,6 +25,7 @@ import torch
 
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.results import ResultStore
+from orchestrator.storage_check import assert_marker
 from orchestrator.tasks import TaskConfig
 from orchestrator.trial_meta import (
     SweepMeta,
@@ -60,6 +61,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
 
     params = {k: config[k] for k in meta.searched}
     trial_id = trial_id_of(config, meta.name, meta.searched)
+    assert_marker(meta.storage, meta.extra.get("storage_marker"))  # a node that cannot see the results
     store = ResultStore(meta.storage)
     t0, started_at = time.perf_counter(), time.time()
     gpu = torch.cuda.is_available() and meta.extra.get("gpus_per_trial", 0) > 0

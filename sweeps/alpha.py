@@ -18,10 +18,14 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run from a checkout (python sweeps/alpha.py): import the checkout. Copied elsewhere (ray
+# submit puts the script at ~/alpha.py on the head): use the installed package.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_ROOT, "orchestrator", "sweep.py")):
+    sys.path.insert(0, _ROOT)
 
-from orchestrator.sweep import Dim
-from orchestrator.sweep_cli import SweepSpec, main, paper_jiio, task_objective
+from orchestrator.sweep import Dim  # noqa: E402
+from orchestrator.sweep_cli import SweepSpec, main, paper_jiio, task_objective  # noqa: E402
 
 
 def space(task: str) -> dict[str, Dim]:
