@@ -49,7 +49,7 @@ def _run(storage, name, *extra, timeout=600):
 
 def _raw_rows(store: ResultStore, table: str, name: str) -> pd.DataFrame:
     frames = [
-        pq.read_table(f"{store.base}/{table}/sweep={name}/{k}.parquet").to_pandas()
+        pq.read_table(f"{store.base}/{table}/sweep={name}/{k}.parquet", filesystem=store.fs).to_pandas()
         for k in store.keys(table, name)
     ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
