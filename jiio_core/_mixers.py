@@ -27,33 +27,44 @@ class DampedMixer:
 class AndersonMixer:
     """Anderson acceleration with memory ``m``, per sample, O(m D) work per step.
 
-    Solves, for each sample, ``min_alpha alpha^T H alpha  s.t.  sum(alpha) = 1`` as
-    ``alpha = s / sum(s)`` with ``(H + lam s_H I) s = 1`` and returns
-    ``sum_i alpha_i (x_i + beta g_i)`` with residuals ``g_i = g(x_i) - x_i``.
+    Finds, for each sample, weights ``alpha`` with ``sum(alpha) = 1`` and ``H alpha = c 1``
+    and returns ``sum_i alpha_i (x_i + beta g_i)`` with residuals ``g_i = g(x_i) - x_i``.
 
-    - ``kind="II"`` ("bad" Anderson, the DEQ default): ``H = G G^T``.
+    - ``kind="II"`` ("bad" Anderson, the DEQ default): ``H = G G^T`` (least squares).
     - ``kind="I"`` ("good" Anderson, the JIIO paper code's ``H = X G^T``): the iterates
-      are centred on the newest one first, which leaves the solution unchanged and makes
-      the regularisation meaningful.
+      are centred on the newest one first, which leaves ``alpha`` unchanged (the centring
+      subtracts a row vector from every row of ``H``) and keeps the entries at the scale of
+      the differences.
 
-    The regularisation is relative: ``s_H`` is the largest entry of ``|H|`` of that sample,
-    so the method behaves identically when all residuals are scaled by 1e-8 or 1e+3 (an
-    absolute ``lam`` would turn Anderson into plain averaging once residuals are small).
-    A singular or non-finite solve falls back to the plain damped step for that sample.
+    ``lam > 0``: a relative ridge, ``(H + lam s_H I) s = 1``, ``alpha = s / sum(s)`` with
+    ``s_H`` the largest entry of ``|H|`` of that sample (scale-free: the method behaves
+    the same when all residuals are scaled by 1e-8 or 1e+3). ``lam = 0``: no ridge, the
+    bordered system ``[[0, 1^T], [1, H]] [-c; alpha] = [1; 0]`` (as the paper code); only
+    a sample whose solve fails gets ``FALLBACK_LAM`` added to the diagonal of ``H`` (for
+    type I: of the uncentred ``X G^T``, exactly the paper code's retry) and is solved
+    again. A sample whose solve still fails takes the plain damped step. ``weights``
+    holds the last step's ``alpha`` ``(B, n)``; ``fallbacks`` counts (regularised retries,
+    plain steps) over all steps and samples.
     ``H`` is updated one row and column per step rather than recomputed, and the history
     is read as few times as possible (it dominates the cost when ``f`` is cheap).
     """
+
+    FALLBACK_LAM = 1e-3  # the paper code: lam = 1e-4, multiplied by 10 before its first use
 
     def __init__(self, m: int = 5, lam: float = 1e-5, beta: float = 1.0, kind: str = "II") -> None:
         if m < 1:
             raise ValueError(f"anderson m must be >= 1, got {m}")
         if kind not in ("I", "II"):
             raise ValueError(f"anderson kind must be 'I' or 'II', got {kind!r}")
+        if not lam >= 0:
+            raise ValueError(f"anderson lam must be >= 0, got {lam}")
         self.m, self.lam, self.beta, self.kind = m, lam, beta, kind
         self.k = 0
         self.Y: Tensor | None = None  # x_i + beta g_i, the damped images
         self.G: Tensor | None = None  # residuals g_i = g(x_i) - x_i
         self.P: Tensor | None = None
+        self.weights: Tensor | None = None
+        self.fallbacks = [0, 0]
 
     def step(self, x: Tensor, gx: Tensor, active: Tensor) -> Tensor:
         B, D = x.shape
@@ -71,8 +82,6 @@ class AndersonMixer:
             Y[:, slot] = gx
         else:
             torch.add(x, g, alpha=self.beta, out=Y[:, slot])
-        if n == 1:
-            return Y[:, slot].clone()
         if self.kind == "II":
             row = torch.bmm(G[:, :n], g.unsqueeze(2)).squeeze(2)  # (B, n): g_j . g
             P[:, slot, :n] = row
@@ -84,19 +93,64 @@ class AndersonMixer:
             P[:, slot, :n] = xg[:, :, 0]
             P[:, :n, slot] = yg - self.beta * xg[:, :, 1]
             H = P[:, :n, :n] - P[:, slot : slot + 1, :n]  # (x_i - x) . g_j
-        # min alpha^T H alpha s.t. sum(alpha) = 1  <=>  alpha = s / sum(s) with H s = 1
-        # (for type I, H alpha = c 1 is exactly the type-I condition). Relative ridge on H.
-        Hr = H.clone()
-        scale = H.abs().amax(dim=(1, 2), keepdim=True).squeeze(2)
-        Hr.diagonal(dim1=1, dim2=2).add_(self.lam * scale + torch.finfo(x.dtype).tiny)
-        sol, info = torch.linalg.solve_ex(Hr, torch.ones_like(Hr[:, :, :1]))
-        alpha = sol[:, :, 0] / sol[:, :, 0].sum(dim=1, keepdim=True)
-        bad = (info != 0) | ~torch.isfinite(alpha).all(dim=1)
+        if n == 1:  # a plain step; H's first entry is kept for the next steps
+            self.weights = x.new_ones(B, 1)
+            return Y[:, slot].clone()
+        if self.lam > 0:
+            alpha, bad = _ridge_weights(H, self.lam)
+        else:
+            alpha, bad = _bordered_weights(H)
+            host = x.device.type == "cpu"
+            if not host or bool(bad.any()):  # no host sync on a GPU: retry unconditionally there
+                reg = torch.eye(n, dtype=H.dtype, device=H.device)
+                if self.kind == "I":  # centred (X G^T + lam I): lam (I - 1 e_slot^T)
+                    reg[:, slot] -= 1.0
+                retry, still = _bordered_weights(H + self.FALLBACK_LAM * reg)
+                alpha = torch.where(bad[:, None], retry, alpha)
+                if host:
+                    self.fallbacks[0] += int(bad.sum())
+                bad = bad & still
         if x.device.type != "cpu" or bool(bad.any()):  # no host sync on a GPU
+            if x.device.type == "cpu":
+                self.fallbacks[1] += int(bad.sum())
             plain = torch.zeros_like(alpha)
             plain[:, slot] = 1.0
             alpha = torch.where(bad[:, None], plain, alpha)
+        self.weights = alpha
         return torch.bmm(alpha.unsqueeze(1), Y[:, :n]).squeeze(1)  # sum_i alpha_i (x_i + beta g_i)
+
+
+def _ridge_weights(H: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """``alpha = s / sum(s)``, ``(H + lam max|H| I) s = 1``, per sample; and where it failed."""
+    Hr = H.clone()
+    scale = H.abs().amax(dim=(1, 2), keepdim=True).squeeze(2)
+    Hr.diagonal(dim1=1, dim2=2).add_(lam * scale + torch.finfo(H.dtype).tiny)
+    sol, info = torch.linalg.solve_ex(Hr, torch.ones_like(Hr[:, :, :1]))
+    alpha = sol[:, :, 0] / sol[:, :, 0].sum(dim=1, keepdim=True)
+    return alpha, (info != 0) | ~torch.isfinite(alpha).all(dim=1)
+
+
+def _bordered_weights(H: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve ``[[0, 1^T], [1, H]] [-c; alpha] = [1; 0]`` per sample: ``sum(alpha) = 1`` and
+    ``H alpha = c 1``. Returns ``alpha`` ``(B, n)`` and where the solve failed.
+
+    Example (H = diag(1, 2): alpha proportional to (1, 1/2)):
+        >>> import torch
+        >>> H = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]], dtype=torch.float64)
+        >>> alpha, failed = _bordered_weights(H)
+        >>> [round(a, 12) for a in alpha[0].tolist()], bool(failed[0])
+        ([0.666666666667, 0.333333333333], False)
+    """
+    B, n, _ = H.shape
+    K = H.new_zeros(B, n + 1, n + 1)
+    K[:, 0, 1:] = 1.0
+    K[:, 1:, 0] = 1.0
+    K[:, 1:, 1:] = H
+    rhs = H.new_zeros(B, n + 1, 1)
+    rhs[:, 0] = 1.0
+    sol, info = torch.linalg.solve_ex(K, rhs)
+    alpha = sol[:, 1:, 0]
+    return alpha, (info != 0) | ~torch.isfinite(alpha).all(dim=1)
 
 
 class BroydenMixer:

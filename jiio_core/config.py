@@ -91,27 +91,44 @@ class JIIOConfig:
     """Hyperparameters of the augmented (z, mu, x) iteration, paper eq. (11).
 
     - ``alpha_z``, ``alpha_mu`` in (0, 1]: damping of the z and mu updates.
-    - ``alpha_x`` > 0: step size on x; ``alpha_x_after`` replaces it from iteration
-      ``alpha_x_switch_iter`` on (the paper code's one-time drop).
-    - ``x_step``: ``"gradient"`` steps along ``J_x^T mu``; ``"normalized"`` along its
-      per-sample L2-normalised direction (the paper's adversarial setting).
+    - ``alpha_x`` > 0: step size on x. ``alpha_x_drop`` (a ratio, or None): from iteration
+      :meth:`alpha_x_switch` on the step is ``alpha_x * alpha_x_drop`` (the paper code's
+      one-time drop: 0.6 -> 0.2 is 1/3). ``alpha_x_switch_iter`` is the 0-based iteration
+      where the dropped value is first used; None means the paper's rule
+      ``max(50, 5 * max_iter // 8) - 1`` (no drop when that is >= ``max_iter``), which
+      follows ``max_iter`` when a sweep searches it.
+    - ``x_step``: ``"gradient"`` steps along ``J_x^T mu``; ``"normalized"`` along
+      ``J_x^T mu / (|J_x^T mu| + 1e-8)`` per sample (the paper's adversarial setting).
+    - ``init``: the start of z when no ``z0`` is passed: ``"cell_step"`` (one cell step from
+      ``f.init_z(x0)`` or zeros, not counted; the default) or ``"zero"`` (``f.init_z(x0)`` or
+      zeros, the paper code's start). mu and x - x0 always start at zero.
     - ``solver``: acceleration of the joint iteration; ``anderson_m``, ``anderson_type``
       ("I": ``H = X G^T`` as in the paper code, "II": ``H = G G^T``), ``anderson_lam``
-      (relative regularisation).
+      (relative ridge; 0: the bordered sum-to-one system without ridge, 1e-3 added only
+      where that solve fails, as the paper code), ``anderson_beta`` (mixing; the paper's 1).
+      Anderson's first step is a plain step, so it first mixes at the third iterate (the
+      paper code's two plain evaluations).
     - ``max_iter``; ``tol`` on the relative residual ``|F(v) - v| / |F(v)|`` of the
-      augmented map decides
-      ``converged``; ``early_stop`` stops a sample once converged (the paper code runs all
-      iterations).
+      augmented map decides ``converged``; ``early_stop`` stops a sample once converged
+      (the paper code runs all iterations).
     - ``select``: which iterate each sample returns: ``"last"``, ``"residual"`` (lowest
       residual), ``"objective"`` (lowest objective among iterates whose residual is within
-      ``select_slack`` times the lowest seen).
-    - ``backward``: gradient for outer losses other than +/- the inner loss (which reuse
-      mu*, paper eq. 19): ``"ift"`` (solve warm-started from mu*, x* fixed) or ``"jfb"``.
+      ``select_slack`` times the lowest seen), ``"paper"`` (the paper code's rule, with
+      ``rel = |F - X| / (1e-5 + |F|)``: an iterate is kept while k < 10, or when its rel is
+      a new minimum, or when its objective is below the kept one's with rel below
+      ``select_slack`` times the minimum; the minimum is reset to each rel while k < 10).
+    - ``backward``: gradient for outer losses other than +/- the inner loss, and for samples
+      whose mu* did not meet ``backward_tol`` (which reuse mu* otherwise, paper eq. 19):
+      ``"ift"`` (solve warm-started from the scaled mu*, x* fixed) or ``"jfb"``.
 
     Example:
         >>> cfg = JIIOConfig.paper("mnist_adversarial")
-        >>> (cfg.alpha_x, cfg.alpha_x_after, cfg.alpha_x_switch_iter, cfg.max_iter)
-        (0.6, 0.2, 50, 80)
+        >>> (cfg.alpha_x, cfg.alpha_x_drop, cfg.alpha_x_switch(), cfg.max_iter)
+        (0.6, 0.33333333333333337, 49, 80)
+        >>> cfg.alpha_x_at(48), cfg.alpha_x_at(49)
+        (0.6, 0.2)
+        >>> cfg.replace(max_iter=40).alpha_x_switch() is None   # 49 >= 40: no drop
+        True
     """
 
     alpha_z: float = 0.8
@@ -123,44 +140,63 @@ class JIIOConfig:
     tol: float = 1e-4
     early_stop: bool = True
     alpha_x_switch_iter: int | None = None
-    alpha_x_after: float | None = None
+    alpha_x_drop: float | None = None
     x_step: str = "gradient"
+    init: str = "cell_step"
     select: str = "last"
     select_slack: float = 1.3
     anderson_type: str = "II"
     anderson_lam: float = 1e-5
+    anderson_beta: float = 1.0
     backward: str = "ift"
     backward_max_iter: int = 30
     backward_tol: float = 1e-5
     divergence_factor: float = 1e4
 
     def __post_init__(self) -> None:
-        for name in ("alpha_z", "alpha_mu"):
+        for name in ("alpha_z", "alpha_mu", "anderson_beta"):
             v = getattr(self, name)
             _check(_finite(v) and 0 < v <= 1, name, "in (0, 1]", v)
         _at_least(self.alpha_x, "alpha_x", 0, strict=True)
         _check_solve_fields(self)
         _check(isinstance(self.early_stop, bool), "early_stop", "a bool", self.early_stop)
-        both = (self.alpha_x_switch_iter is None) == (self.alpha_x_after is None)
-        _check(
-            both,
-            "alpha_x_switch_iter",
-            "set together with alpha_x_after (or both None)",
-            self.alpha_x_switch_iter,
-        )
+        if self.alpha_x_drop is not None:
+            _at_least(self.alpha_x_drop, "alpha_x_drop", 0, strict=True)
         if self.alpha_x_switch_iter is not None:
+            _check(
+                self.alpha_x_drop is not None,
+                "alpha_x_switch_iter",
+                "None unless alpha_x_drop is set (the switch iteration of the drop)",
+                self.alpha_x_switch_iter,
+            )
             _pos_int(self.alpha_x_switch_iter, "alpha_x_switch_iter")
-            _at_least(self.alpha_x_after, "alpha_x_after", 0, strict=True)
         _in(self.x_step, "x_step", ("gradient", "normalized"))
-        _in(self.select, "select", ("last", "residual", "objective"))
+        _in(self.init, "init", ("cell_step", "zero"))
+        _in(self.select, "select", ("last", "residual", "objective", "paper"))
         _at_least(self.select_slack, "select_slack", 1)
         _in(self.anderson_type, "anderson_type", ("I", "II"))
 
+    def alpha_x_switch(self) -> int | None:
+        """The 0-based iteration where ``alpha_x * alpha_x_drop`` is first used, or None.
+
+        ``alpha_x_switch_iter`` when set, else the paper code's rule: it sets the new value
+        when ``(it + 1) % max(50, 5 T // 8) == 0``, i.e. first at ``max(50, 5 T // 8) - 1``;
+        None when there is no drop or it would come at or after ``max_iter``.
+        """
+        if self.alpha_x_drop is None:
+            return None
+        if self.alpha_x_switch_iter is not None:
+            at = self.alpha_x_switch_iter
+        else:
+            at = max(50, 5 * self.max_iter // 8) - 1
+        return at if at < self.max_iter else None
+
     def alpha_x_at(self, iteration: int) -> float:
         """The x step size in use at (0-based) ``iteration``."""
-        if self.alpha_x_switch_iter is not None and iteration >= self.alpha_x_switch_iter:
-            assert self.alpha_x_after is not None
-            return self.alpha_x_after
+        at = self.alpha_x_switch()
+        if at is not None and iteration >= at:
+            assert self.alpha_x_drop is not None
+            return self.alpha_x * self.alpha_x_drop
         return self.alpha_x
 
     def replace(self, **changes: Any) -> JIIOConfig:
@@ -175,39 +211,33 @@ class JIIOConfig:
         """The settings of the paper's released code (DESIGN.md section 4) for ``task``.
 
         ``task``: ``"mnist_adversarial"``, ``"cifar_adversarial"`` or ``"celeba_generative"``.
+        Start z = 0, mu = 0, x = x0 (``init="zero"``); Anderson type I, ``beta = 1``, no ridge
+        (``anderson_lam=0``); no early stop; the paper's kept iterate (``select="paper"``);
+        the alpha_x drop by the paper's rule (``alpha_x_switch_iter=None``). One project
+        change is kept: x is projected again after every Anderson mix.
         """
         common: dict[str, Any] = dict(
             alpha_z=0.8,
             alpha_mu=0.6,
             solver="anderson",
             anderson_type="I",
+            anderson_lam=0.0,
+            anderson_beta=1.0,
+            init="zero",
             early_stop=False,
-            select="objective",
+            select="paper",
+            select_slack=1.3,
             tol=1e-3,
         )
-        if task == "mnist_adversarial":
-            T = 80
+        if task == "mnist_adversarial":  # 0.6 -> 0.2 (0.2 / 0.6 so that 0.6 * drop == 0.2 exactly)
             return cls(
-                **common,
-                alpha_x=0.6,
-                alpha_x_after=0.2,
-                alpha_x_switch_iter=max(50, 5 * T // 8),
-                x_step="normalized",
-                max_iter=T,
-                anderson_m=20,
+                **common, alpha_x=0.6, alpha_x_drop=0.2 / 0.6, x_step="normalized", max_iter=80, anderson_m=20
             )
         if task == "cifar_adversarial":
             return cls(**common, alpha_x=0.1, x_step="normalized", max_iter=80, anderson_m=20)
-        if task == "celeba_generative":
-            T = 100
+        if task == "celeba_generative":  # 0.01 -> 0.003
             return cls(
-                **common,
-                alpha_x=0.01,
-                alpha_x_after=0.003,
-                alpha_x_switch_iter=max(50, 5 * T // 8),
-                x_step="gradient",
-                max_iter=T,
-                anderson_m=40,
+                **common, alpha_x=0.01, alpha_x_drop=0.3, x_step="gradient", max_iter=100, anderson_m=40
             )
         raise ValueError(
             f"task must be one of 'mnist_adversarial', 'cifar_adversarial', 'celeba_generative', got {task!r}"

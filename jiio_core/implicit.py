@@ -7,14 +7,23 @@ reaches the parameters (and ``x``, if it requires grad) as ``u^T df/d(theta, x)`
 - ``"ift"``: ``u = (I - J_z^T)^{-1} grad``, the implicit function theorem, solved as the
   fixed point ``u = J_z^T u + grad`` by one of the solvers;
 - ``"jfb"``: ``u = grad`` (Jacobian-free backprop: one step, no solve);
-- a *shortcut*: a callable that, given ``grad``, returns the exact ``u`` without a solve
-  when it can (JIIO's ``mu*`` reuse, paper eq. 19), or ``None`` and a warm start.
+- a *shortcut*: a callable that, given ``grad``, returns ``(u, use, residual)``: ``u`` is
+  exact for the samples where ``use`` (JIIO's ``mu*`` reuse, paper eq. 19, with
+  ``residual`` its relative residual there) and the warm start of the solve elsewhere;
+  only the other samples take ``backward`` ("ift" or "jfb").
 
-What the backward did is written into the ``stats`` dict that is passed in.
+What the backward did is written into the ``stats`` dict that is passed in: ``mode``
+("ift", "jfb"; with a shortcut also "mu" (every sample used it) or "mixed"),
+``iterations`` (of the solve, 0 without one), ``residual`` (the largest relative residual
+of the returned ``u`` over the samples that solved or used the shortcut; NaN when none
+did, i.e. all JFB), and for a solve ``converged`` / ``diverged`` (fractions of the samples
+solved) and ``rel_residual`` (largest over them); with a shortcut, ``mu_samples`` and
+``mu_frac`` (how many samples used it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +31,36 @@ import torch
 from torch import Tensor
 
 from ._mixers import make_mixer
-from .solvers import solve
+from .solvers import SolverResult, solve
 
-__all__ = ["attach_implicit_grad"]
+__all__ = ["attach_implicit_grad", "dual_shortcut"]
 
-Shortcut = Callable[[Tensor], tuple[Tensor | None, Tensor | None]]
+Shortcut = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def _ift_solve(
+    f: Callable[[Tensor, Tensor], Tensor],
+    z_star: Tensor,
+    x_fixed: Tensor,
+    grad: Tensor,
+    warm: Tensor | None,
+    solver: str,
+    max_iter: int,
+    tol: float,
+    anderson_m: int,
+    anderson_lam: float,
+) -> SolverResult:
+    """Solve ``u = J_z f(z*, x)^T u + grad`` from ``warm`` (or ``grad``), ``x`` held fixed."""
+    with torch.enable_grad():
+        z_ = z_star.clone().requires_grad_(True)
+        f_ = f(z_, x_fixed)
+
+    def vjp_map(u: Tensor) -> Tensor:
+        (jt_u,) = torch.autograd.grad(f_, z_, u, retain_graph=True)
+        return jt_u + grad
+
+    mixer = make_mixer(solver, m=anderson_m if solver == "anderson" else max_iter, lam=anderson_lam)
+    return solve(vjp_map, warm if warm is not None else grad, mixer, max_iter=max_iter, tol=tol)
 
 
 def attach_implicit_grad(
@@ -69,35 +103,74 @@ def attach_implicit_grad(
     x_fixed = x.detach()
 
     def hook(grad: Tensor) -> Tensor:
-        warm: Tensor | None = None
-        if shortcut is not None:
-            u, warm = shortcut(grad)
-            if u is not None:
-                stats.update(mode="mu", iterations=0)
-                return u
-        if backward == "jfb":
-            stats.update(mode="jfb", iterations=0)
-            return grad
-        with torch.enable_grad():
-            z_ = z_star.clone().requires_grad_(True)
-            f_ = f(z_, x_fixed)
-
-        def vjp_map(u: Tensor) -> Tensor:
-            (jt_u,) = torch.autograd.grad(f_, z_, u, retain_graph=True)
-            return jt_u + grad
-
-        mixer = make_mixer(solver, m=anderson_m if solver == "anderson" else max_iter, lam=anderson_lam)
-        res = solve(vjp_map, warm if warm is not None else grad, mixer, max_iter=max_iter, tol=tol)
-        stats.update(
-            mode="ift",
-            iterations=res.iterations,
-            converged=float(res.converged.float().mean()),
-            rel_residual=float(res.rel_residual.max()),
-            diverged=float(res.diverged.float().mean()),
-        )
-        # A sample whose backward solve diverged falls back to the JFB gradient.
+        B = grad.shape[0]
         shape = (-1,) + (1,) * (grad.dim() - 1)
-        return torch.where(res.diverged.view(shape), grad, res.x)
+        warm: Tensor | None = None
+        use = torch.zeros(B, dtype=torch.bool, device=grad.device)
+        residuals: list[Tensor] = []
+        if shortcut is not None:
+            warm, use, short_res = shortcut(grad)
+            n_use = int(use.sum())
+            stats.update(mu_samples=n_use, mu_frac=n_use / B)
+            if n_use == B:
+                stats.update(mode="mu", iterations=0, residual=float(short_res.max()))
+                return warm
+            residuals.append(short_res[use])
+        if backward == "jfb":
+            u = grad
+            stats.update(mode="jfb", iterations=0)
+        else:
+            res = _ift_solve(f, z_star, x_fixed, grad, warm, solver, max_iter, tol, anderson_m, anderson_lam)
+            rest = ~use
+            residuals.append(res.rel_residual[rest])
+            stats.update(
+                mode="ift",
+                iterations=res.iterations,
+                converged=float(res.converged[rest].float().mean()),
+                rel_residual=float(res.rel_residual[rest].max()),
+                diverged=float(res.diverged[rest].float().mean()),
+            )
+            # A sample whose backward solve diverged falls back to the JFB gradient.
+            u = torch.where(res.diverged.view(shape), grad, res.x)
+        if warm is not None and bool(use.any()):
+            u = torch.where(use.view(shape), warm, u)
+            stats["mode"] = "mixed"
+        found = torch.cat(residuals) if residuals else grad.new_zeros(0)
+        stats["residual"] = float(found.max()) if found.numel() else math.nan
+        return u
 
     fz.register_hook(hook)
     return z_star + (fz - fz.detach())
+
+
+def dual_shortcut(
+    loss: Callable[[Tensor], Tensor], z_star: Tensor, mu_star: Tensor, mu_rel: Tensor, tol: float
+) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The eq. 19 shortcut for :func:`attach_implicit_grad`, per sample.
+
+    Given the incoming gradient ``g``, ``c = <g, dl/dz*> / |dl/dz*|^2`` per sample; ``u = c mu*``
+    solves ``u = J_z^T u + g`` when ``g = c dl/dz*`` and ``mu* = J_z^T mu* + dl/dz*``. It is
+    used (``use``) only where ``|g - c dl/dz*| <= tol |g|`` and mu*'s relative residual
+    ``mu_rel`` (``|J_z^T mu* + dl/dz* - mu*| / |J_z^T mu* + dl/dz*|`` at the returned iterate)
+    is ``<= tol``; elsewhere ``c mu*`` is the warm start of the backward solve.
+    Returns ``(u, use, mu_rel)``.
+    """
+    B = z_star.shape[0]
+    tiny = torch.finfo(z_star.dtype).tiny
+
+    def shortcut(grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.enable_grad():
+            z_ = z_star.clone().requires_grad_(True)
+            (dl,) = torch.autograd.grad(loss(z_).sum(), z_)
+        g, d = grad.reshape(B, -1), dl.reshape(B, -1).to(grad.dtype)
+        c = (g * d).sum(1) / (d * d).sum(1).clamp_min(tiny)
+        mismatch = _row_norm(g - c[:, None] * d)
+        use = (mismatch <= tol * _row_norm(g)) & (mu_rel <= tol)
+        u = (c[:, None] * mu_star.reshape(B, -1).to(grad.dtype)).view(grad.shape)
+        return u, use, mu_rel
+
+    return shortcut
+
+
+def _row_norm(t: Tensor) -> Tensor:
+    return t.norm(dim=1)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ._mixers import make_mixer
 from .config import JIIOConfig
-from .implicit import attach_implicit_grad
+from .implicit import attach_implicit_grad, dual_shortcut
 from .solvers import forward_fill
 
 __all__ = ["JIIOResult", "jiio_solve", "l2_ball"]
@@ -40,10 +40,16 @@ class JIIOResult:
 
     ``z`` carries the implicit gradient to the parameters of ``f``; ``x`` and ``mu`` are
     detached. ``residual`` is the relative residual ``|F(v) - v| / |F(v)|`` of the augmented
-    map at the returned iterate and ``objective`` its inner loss. ``trace`` maps ``"z_residual"``,
-    ``"mu_residual"``, ``"x_step"`` (absolute norms), ``"residual"``, ``"objective"`` to
-    ``(iterations, B)`` tensors. ``backward`` is filled when a gradient flows through
-    ``z``: ``mode`` ("mu", "ift" or "jfb") and solve stats.
+    map at the returned iterate and ``objective`` its inner loss; ``mu_residual`` the relative
+    residual of mu there, ``|J_z^T mu + dl/dz - mu| / |J_z^T mu + dl/dz|`` (where it is at
+    most ``backward_tol`` the backward reuses mu, paper eq. 19). ``trace`` maps
+    ``"z_residual"``, ``"mu_residual"``, ``"x_step"`` (absolute norms), ``"residual"``,
+    ``"objective"`` to ``(iterations, B)`` tensors. ``backward`` is filled once a gradient
+    has flowed through ``z`` (see :func:`jiio_core.attach_implicit_grad`): ``mode`` ("mu":
+    every sample reused mu; "ift" / "jfb": none did; "mixed": some did, the others took
+    ``config.backward``), ``mu_samples`` / ``mu_frac`` (how many reused mu), ``residual``
+    (the largest relative residual of the backward's solution over the samples it solved or
+    reused mu for), ``iterations`` (of the backward solve, 0 without one) and solve stats.
     """
 
     x: Tensor
@@ -54,6 +60,7 @@ class JIIOResult:
     diverged: Tensor
     objective: Tensor
     residual: Tensor
+    mu_residual: Tensor
     trace: dict[str, Tensor]
     backward: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +93,50 @@ def _norm(t: Tensor) -> Tensor:
     return t.norm(dim=1)
 
 
+_STEP_EPS = 1e-8  # the normalised x step divides by |J_x^T mu| + 1e-8, as the paper code
+_SELECT_EPS = 1e-5  # select="paper": rel = |F - X| / (1e-5 + |F|), as the paper code
+_SELECT_WARMUP = 10  # select="paper": iterates k < 10 are always kept
+
+
+def _start(
+    f: Callable[[Tensor, Tensor], Tensor], x0: Tensor, z0: Tensor | None, init: str
+) -> tuple[Tensor, bool]:
+    """The initial z and whether it was guessed shaped like ``x0`` (no ``z0``, no ``f.init_z``)."""
+    if z0 is not None:
+        return z0, False
+    init_z = getattr(f, "init_z", None)
+    guessed = not callable(init_z)
+    z = torch.zeros_like(x0) if guessed else init_z(x0)
+    if init == "cell_step":
+        # One cell step: normalisation layers (GroupNorm) are near-singular at z = 0, and
+        # their huge first input gradients would throw x far off.
+        with torch.no_grad():
+            z = _call_checked(f, z, x0, guessed)
+    return z, guessed
+
+
+def _call_checked(f: Callable[[Tensor, Tensor], Tensor], z: Tensor, x: Tensor, guessed: bool) -> Tensor:
+    """``f(z, x)``, with a ValueError naming ``z0`` when z's shape is wrong for ``f``."""
+    try:
+        out = f(z, x)
+    except RuntimeError as err:
+        if not guessed:
+            raise
+        raise ValueError(
+            f"z0 is needed: f has no init_z, so z0 was guessed as zeros shaped like x0 "
+            f"{tuple(x.shape)}, and f(z0, x0) failed ({err}). Pass z0= a tensor shaped like "
+            f"f's state z (e.g. torch.zeros(B, *state_shape)) or give f an init_z(x) method."
+        ) from err
+    if out.shape != z.shape:
+        what = "z0 guessed as zeros shaped like x0 (f has no init_z)" if guessed else "z0"
+        raise ValueError(
+            f"z0 has the wrong shape: f(z0, x0) returned shape {tuple(out.shape)} for {what} of "
+            f"shape {tuple(z.shape)}. Pass z0= a tensor shaped like f's state z (here "
+            f"{tuple(out.shape)}) or give f an init_z(x) method."
+        )
+    return out
+
+
 def jiio_solve(
     f: Callable[[Tensor, Tensor], Tensor],
     loss: Callable[[Tensor], Tensor],
@@ -97,9 +148,10 @@ def jiio_solve(
     """Jointly find ``z* = f(z*, x*)`` and ``x* = argmin_x loss(z*(x))`` (on ``project``'s set).
 
     ``f(z, x)``: the DEQ cell, batched on dim 0. ``loss(z)``: per-sample objective ``(B,)``
-    to minimise (adversarial: pass the negated task loss). ``z0`` defaults to one step
-    ``f(z_init, x0)`` from ``z_init = f.init_z(x0)`` when ``f`` has it, else zeros shaped
-    like ``x0`` (that step is not counted in ``iterations``).
+    to minimise (adversarial: pass the negated task loss). ``z0`` defaults to
+    ``z_init = f.init_z(x0)`` when ``f`` has it, else zeros shaped like ``x0`` (a cell whose
+    state has another shape needs ``z0`` or ``init_z``), followed by one cell step
+    ``f(z_init, x0)`` when ``config.init == "cell_step"`` (not counted in ``iterations``).
 
     Example (z*(x) = x + 1, so x* = 1 minimises (z* - 2)^2; found in one joint solve):
         >>> import torch
@@ -117,15 +169,10 @@ def jiio_solve(
     x0 = x0.detach()
     if project is not None:
         x0 = project(x0)
-    if z0 is None:
-        # One cell step from f.init_z (or zeros): normalisation layers (GroupNorm) are
-        # near-singular at z = 0, and their huge first input gradients would throw x far off.
-        init = getattr(f, "init_z", None)
-        with torch.no_grad():
-            z0 = f(init(x0) if callable(init) else torch.zeros_like(x0), x0)
+    if z0 is not None and (z0.dim() < 1 or z0.shape[0] != B):
+        raise ValueError(f"z0 has batch size {z0.shape[0] if z0.dim() else None} but x0 has {B}")
+    z0, guessed = _start(f, x0, z0, cfg.init)
     z0 = z0.detach().to(dtype=x0.dtype)
-    if z0.shape[0] != B:
-        raise ValueError(f"z0 has batch size {z0.shape[0]} but x0 has {B}")
     z_shape, x_shape = z0.shape, x0.shape
     nz, nx = z0[0].numel(), x0[0].numel()
     tiny = torch.finfo(x0.dtype).tiny
@@ -142,14 +189,14 @@ def jiio_solve(
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
             x_ = x.detach().requires_grad_(True)
-            fz = f(z_, x_)
+            fz = _call_checked(f, z_, x_, guessed) if k == 0 else f(z_, x_)
             obj = loss(z_)
             gz, gx = torch.autograd.grad((fz * mu).sum() + obj.sum(), (z_, x_), allow_unused=True)
         fz, obj = fz.detach().reshape(B, -1), obj.detach().reshape(B)
         gz = torch.zeros_like(fz) if gz is None else gz.reshape(B, -1)
         gx = torch.zeros(B, nx, dtype=v.dtype, device=v.device) if gx is None else gx.reshape(B, -1)
         if cfg.x_step == "normalized":
-            gx = gx / (_norm(gx)[:, None] + tiny)
+            gx = gx / (_norm(gx)[:, None] + _STEP_EPS)
         z_flat, mu_flat, x_flat = v[:, :nz], v[:, nz : 2 * nz], v[:, 2 * nz :]
         Fv = torch.empty_like(v)  # written block by block: no concatenation copy
         Fz, Fmu, Fx = Fv[:, :nz], Fv[:, nz : 2 * nz], Fv[:, 2 * nz :]
@@ -165,6 +212,7 @@ def jiio_solve(
             x_step=_norm(Fx - x_flat),
             objective=obj,
         )
+        blocks["mu_rel"] = blocks["mu_residual"] / (_norm(gz) + tiny)
         # |F(v) - v| from the block norms of (a_z dz, a_mu dmu, dx): no pass over the state
         joint = (torch.stack([blocks["z_residual"], blocks["mu_residual"], blocks["x_step"]]) * damp).norm(
             dim=0
@@ -178,7 +226,8 @@ def jiio_solve(
 
     damp = torch.tensor([cfg.alpha_z, cfg.alpha_mu, 1.0], dtype=x0.dtype, device=x0.device)[:, None]
     m = cfg.anderson_m if cfg.solver == "anderson" else cfg.max_iter
-    mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, kind=cfg.anderson_type)
+    beta = cfg.anderson_beta if cfg.solver == "anderson" else 1.0  # damped: alpha_z / alpha_mu's job
+    mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, beta=beta, kind=cfg.anderson_type)
     with torch.no_grad():
         v = torch.cat(
             [z0.reshape(B, -1), torch.zeros(B, nz, dtype=x0.dtype, device=x0.device), x0.reshape(B, -1)],
@@ -186,7 +235,7 @@ def jiio_solve(
         )
         v_prev = keep_v = v
         inf = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device)
-        keep_res, keep_obj, best_res = inf.clone(), inf.clone(), inf.clone()
+        keep_res, keep_obj, keep_mu, best_res = inf.clone(), inf.clone(), inf.clone(), inf.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
         diverged = torch.zeros_like(stopped)
         raw: list[Tensor] = []  # per iteration, (len(TRACE_KEYS), B); forward-filled at the end
@@ -215,13 +264,19 @@ def jiio_solve(
             else:
                 if cfg.select == "residual":
                     take = ok & (rel < keep_res)
-                else:
+                elif cfg.select == "objective":
                     best_res = torch.where(ok, torch.minimum(best_res, rel), best_res)
                     near = rel <= cfg.select_slack * best_res
                     take = ok & near & ((obj < keep_obj) | (keep_res > cfg.select_slack * best_res))
+                else:  # "paper"
+                    sel = joint / (_SELECT_EPS + size)
+                    reset = ok & ((sel < best_res) | (k < _SELECT_WARMUP))
+                    take = reset | (ok & (obj < keep_obj) & (sel < cfg.select_slack * best_res))
+                    best_res = torch.where(reset, sel, best_res)
                 keep_v = torch.where(take[:, None], v, keep_v)
             keep_res = torch.where(take, rel, keep_res)
             keep_obj = torch.where(take, obj, keep_obj)
+            keep_mu = torch.where(take, blocks["mu_rel"], keep_mu)
             raw.append(torch.stack([blocks[name] for name in TRACE_KEYS]))
             oks.append(ok)
             if cfg.early_stop:
@@ -242,20 +297,6 @@ def jiio_solve(
     z_star, mu_star, x_star = unpack(keep_v)
     z_star, mu_star, x_star = z_star.clone(), mu_star.clone(), x_star.clone()
     stats: dict[str, Any] = {}
-
-    def shortcut(grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """u = c * mu* when the incoming gradient is c * dl/dz* per sample (eq. 19)."""
-        with torch.enable_grad():
-            z_ = z_star.clone().requires_grad_(True)
-            (dl,) = torch.autograd.grad(loss(z_).sum(), z_)
-        g, d = grad.reshape(B, -1), dl.reshape(B, -1)
-        c = (g * d).sum(1) / (d * d).sum(1).clamp_min(tiny)
-        mismatch = _norm(g - c[:, None] * d)
-        u = (c[:, None] * mu_star.reshape(B, -1)).view(z_shape).to(grad.dtype)
-        if bool((mismatch <= 1e-4 * _norm(g)).all()):
-            return u, None
-        return None, u
-
     z_out = attach_implicit_grad(
         f,
         z_star,
@@ -266,7 +307,7 @@ def jiio_solve(
         tol=cfg.backward_tol,
         anderson_m=cfg.anderson_m,
         anderson_lam=cfg.anderson_lam,
-        shortcut=shortcut,
+        shortcut=dual_shortcut(loss, z_star, mu_star, keep_mu, cfg.backward_tol),
         stats=stats,
     )
     return JIIOResult(
@@ -278,6 +319,7 @@ def jiio_solve(
         diverged=diverged,
         objective=keep_obj,
         residual=keep_res,
+        mu_residual=keep_mu,
         trace=trace,
         backward=stats,
     )

@@ -41,13 +41,21 @@ JIIO_BAD = [
     ({"tol": INF}, "tol"),
     ({"early_stop": 1}, "early_stop"),
     ({"early_stop": "yes"}, "early_stop"),
-    ({"alpha_x_switch_iter": 50}, "alpha_x_switch_iter"),  # without alpha_x_after
-    ({"alpha_x_after": 0.2}, "alpha_x_switch_iter"),  # without alpha_x_switch_iter
-    ({"alpha_x_switch_iter": 0, "alpha_x_after": 0.2}, "alpha_x_switch_iter"),
-    ({"alpha_x_switch_iter": 2.5, "alpha_x_after": 0.2}, "alpha_x_switch_iter"),
-    ({"alpha_x_switch_iter": 10, "alpha_x_after": 0}, "alpha_x_after"),
-    ({"alpha_x_switch_iter": 10, "alpha_x_after": INF}, "alpha_x_after"),
-    ({"alpha_x_switch_iter": 10, "alpha_x_after": -0.1}, "alpha_x_after"),
+    ({"alpha_x_switch_iter": 50}, "alpha_x_switch_iter"),  # without alpha_x_drop
+    ({"alpha_x_switch_iter": 0, "alpha_x_drop": 0.2}, "alpha_x_switch_iter"),
+    ({"alpha_x_switch_iter": 2.5, "alpha_x_drop": 0.2}, "alpha_x_switch_iter"),
+    ({"alpha_x_drop": 0}, "alpha_x_drop"),
+    ({"alpha_x_switch_iter": 10, "alpha_x_drop": 0}, "alpha_x_drop"),
+    ({"alpha_x_drop": INF}, "alpha_x_drop"),
+    ({"alpha_x_drop": -0.1}, "alpha_x_drop"),
+    ({"alpha_x_drop": NAN}, "alpha_x_drop"),
+    ({"alpha_x_drop": True}, "alpha_x_drop"),
+    ({"init": "zeros"}, "init"),
+    ({"init": None}, "init"),
+    ({"select": "Paper"}, "select"),
+    ({"anderson_beta": 0}, "anderson_beta"),
+    ({"anderson_beta": 1.5}, "anderson_beta"),
+    ({"anderson_beta": NAN}, "anderson_beta"),
     ({"x_step": "sign"}, "x_step"),
     ({"select": "best"}, "select"),
     ({"select_slack": 0.5}, "select_slack"),
@@ -90,7 +98,7 @@ def _ids(cases):
 
 def _names_field(field: str) -> str:
     # The message starts with the field name as a whole word: "alpha_x must ...", so that
-    # e.g. an error about alpha_x_after does not count as naming alpha_x.
+    # e.g. an error about alpha_x_drop does not count as naming alpha_x.
     return rf"^{re.escape(field)} must"
 
 
@@ -113,8 +121,11 @@ def test_deq_config_invalid_value_names_field(overrides, field):
         {"alpha_z": 1e-9, "alpha_mu": 0.5, "alpha_x": 100},
         {"tol": 0, "anderson_lam": 0, "backward_tol": 0},
         {"anderson_m": 1, "max_iter": 1, "backward_max_iter": 1},
-        {"alpha_x_switch_iter": 1, "alpha_x_after": 0.5},
+        {"alpha_x_switch_iter": 1, "alpha_x_drop": 0.5},
+        {"alpha_x_drop": 3.0},
         {"select": "objective", "select_slack": 1.0, "x_step": "normalized", "anderson_type": "I"},
+        {"select": "paper", "init": "zero", "anderson_lam": 0.0, "anderson_beta": 1.0},
+        {"init": "cell_step", "anderson_beta": 1e-3},
         {"solver": "broyden", "backward": "jfb", "early_stop": False, "divergence_factor": 1.0001},
     ],
 )
@@ -139,18 +150,29 @@ def test_design_field_names_exist():
 # --------------------------------------------------------------------------- paper presets
 
 
+def _paper_switch(T: int) -> int | None:
+    """The iteration (0-based) at which the paper code first uses the second alpha_x: its
+    loop sets it inside f(v, it) when (it + 1) % max(50, int(T * 5 / 8)) == 0, before the
+    x step, for it = 0 .. T - 1."""
+    period = max(50, int(T * 5 / 8))
+    hits = [it for it in range(T) if (it + 1) % period == 0]
+    return hits[0] if hits else None
+
+
 def test_paper_mnist_adversarial():
     cfg = JIIOConfig.paper("mnist_adversarial")
     assert (cfg.alpha_z, cfg.alpha_mu, cfg.alpha_x) == (0.8, 0.6, 0.6)
-    assert (cfg.alpha_x_after, cfg.alpha_x_switch_iter) == (0.2, 50)  # max(50, 5 * 80 / 8) = 50
+    assert _paper_switch(80) == 49
+    assert cfg.alpha_x_switch() == 49
     assert cfg.alpha_x_at(0) == 0.6
-    assert cfg.alpha_x_at(49) == 0.6
-    assert cfg.alpha_x_at(50) == 0.2
+    assert cfg.alpha_x_at(48) == 0.6
+    assert cfg.alpha_x_at(49) == 0.2  # exactly: the drop is 0.2 / 0.6
     assert cfg.alpha_x_at(79) == 0.2
     assert cfg.max_iter == 80 and cfg.anderson_m == 20
     assert cfg.x_step == "normalized"
-    assert cfg.anderson_type == "I"
+    assert cfg.anderson_type == "I" and cfg.anderson_lam == 0 and cfg.anderson_beta == 1.0
     assert cfg.solver == "anderson"
+    assert cfg.init == "zero" and cfg.select == "paper" and cfg.select_slack == 1.3
     assert cfg.early_stop is False  # the paper code runs all iterations
 
 
@@ -158,20 +180,43 @@ def test_paper_cifar_adversarial():
     cfg = JIIOConfig.paper("cifar_adversarial")
     assert (cfg.alpha_z, cfg.alpha_mu, cfg.alpha_x) == (0.8, 0.6, 0.1)
     assert cfg.alpha_x_at(0) == cfg.alpha_x_at(79) == 0.1
+    assert cfg.alpha_x_switch() is None
     assert cfg.max_iter == 80 and cfg.anderson_m == 20
     assert cfg.x_step == "normalized" and cfg.anderson_type == "I"
+    assert (cfg.init, cfg.select, cfg.anderson_lam) == ("zero", "paper", 0)
 
 
 def test_paper_celeba_generative():
     cfg = JIIOConfig.paper("celeba_generative")
     assert (cfg.alpha_z, cfg.alpha_mu, cfg.alpha_x) == (0.8, 0.6, 0.01)
-    assert cfg.alpha_x_after == 0.003
-    switch = max(50, math.floor(5 * 100 / 8))  # 62
-    assert cfg.alpha_x_switch_iter == switch == 62
-    assert cfg.alpha_x_at(61) == 0.01
-    assert cfg.alpha_x_at(62) == 0.003
+    assert _paper_switch(100) == 61  # max(50, int(62.5)) = 62, first used at 61
+    assert cfg.alpha_x_switch() == 61
+    assert cfg.alpha_x_at(60) == 0.01
+    assert cfg.alpha_x_at(61) == 0.003
+    assert cfg.alpha_x_at(99) == 0.003
     assert cfg.max_iter == 100 and cfg.anderson_m == 40
     assert cfg.x_step == "gradient" and cfg.anderson_type == "I"
+    assert (cfg.init, cfg.select, cfg.anderson_lam) == ("zero", "paper", 0)
+
+
+@pytest.mark.parametrize("T", [1, 10, 48, 49, 50, 51, 79, 80, 81, 100, 120, 160, 161, 400])
+@pytest.mark.parametrize("drop", [0.2 / 0.6, 0.3])
+def test_alpha_x_drop_rule_follows_max_iter(T, drop):
+    """With alpha_x_switch_iter None the drop follows the paper code's rule for any T, so a
+    sweep that searches max_iter keeps the paper's schedule (and no drop when T < 50)."""
+    cfg = JIIOConfig(alpha_x=0.6, alpha_x_drop=drop, max_iter=T)
+    at = _paper_switch(T)
+    assert cfg.alpha_x_switch() == at
+    for it in range(T):
+        want = 0.6 * drop if at is not None and it >= at else 0.6
+        assert cfg.alpha_x_at(it) == pytest.approx(want, rel=1e-15), it
+
+
+def test_alpha_x_switch_iter_explicit():
+    cfg = JIIOConfig(alpha_x=0.5, alpha_x_drop=0.5, alpha_x_switch_iter=3, max_iter=10)
+    assert [cfg.alpha_x_at(i) for i in range(5)] == [0.5, 0.5, 0.5, 0.25, 0.25]
+    assert cfg.replace(max_iter=3).alpha_x_switch() is None  # at or after max_iter: no drop
+    assert JIIOConfig(alpha_x=0.5).alpha_x_switch() is None
 
 
 def test_paper_unknown_task_lists_tasks():
@@ -202,11 +247,12 @@ def test_replace_validates_and_copies():
     new = cfg.replace(alpha_x=0.3, max_iter=10)
     assert (new.alpha_x, new.max_iter) == (0.3, 10)
     assert (cfg.alpha_x, cfg.max_iter) == (0.6, 80)  # original untouched
-    assert new.alpha_x_after == 0.2 and new.anderson_type == "I"  # rest carried over
+    assert new.alpha_x_drop == 0.2 / 0.6 and new.anderson_type == "I"  # rest carried over
+    assert new.alpha_x_switch() is None  # the rule: 49 >= max_iter 10
     with pytest.raises(ValueError, match=_names_field("alpha_z")):
         cfg.replace(alpha_z=0)
     with pytest.raises(ValueError, match=_names_field("alpha_x_switch_iter")):
-        cfg.replace(alpha_x_after=None)  # would leave the switch iteration alone
+        cfg.replace(alpha_x_switch_iter=40, alpha_x_drop=None)  # a switch of no drop
     with pytest.raises(TypeError):
         cfg.replace(not_a_field=1)
 

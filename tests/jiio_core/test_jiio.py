@@ -68,8 +68,12 @@ def _constrained_lstsq(K: np.ndarray, r: np.ndarray, eps: float) -> np.ndarray:
 CFG = JIIOConfig(alpha_z=0.8, alpha_mu=0.6, alpha_x=0.05, anderson_m=30, max_iter=400, tol=1e-13)
 
 
-@pytest.mark.parametrize("solver,kind", [("anderson", "II"), ("anderson", "I"), ("broyden", "II")])
-def test_linear_unconstrained_matches_closed_form(solver, kind):
+@pytest.mark.parametrize(
+    "solver,kind,lam",
+    [("anderson", "II", 1e-5), ("anderson", "I", 1e-5), ("anderson", "I", 0.0), ("anderson", "II", 0.0),
+     ("broyden", "II", 1e-5)],
+)  # fmt: skip
+def test_linear_unconstrained_matches_closed_form(solver, kind, lam):
     cell, loss, C, Y, M, K, r = _problem()
     x_ref = np.linalg.lstsq(K, r.T, rcond=None)[0].T  # (BATCH, D)
     z_ref = (M @ (cell.B.detach().numpy() @ x_ref.T + cell.c.detach().numpy()[:, None])).T
@@ -79,7 +83,7 @@ def test_linear_unconstrained_matches_closed_form(solver, kind):
             cell,
             loss,
             torch.zeros(BATCH, D, dtype=torch.float64),
-            config=CFG.replace(solver=solver, anderson_type=kind),
+            config=CFG.replace(solver=solver, anderson_type=kind, anderson_lam=lam),
         )
     assert bool(res.converged.all()) and not bool(res.diverged.any())
     rel = np.linalg.norm(res.x.numpy() - x_ref, axis=1) / np.linalg.norm(x_ref, axis=1)
@@ -242,3 +246,52 @@ def test_bad_shapes_raise():
         )
     with pytest.raises(ValueError, match="at least one sample"):
         jiio_solve(cell, loss, torch.zeros(0, D, dtype=torch.float64))
+
+
+class NoInitCell(LinearCell):
+    """The linear cell without init_z: its state (N) is not shaped like its input (D)."""
+
+    init_z = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("init", ["cell_step", "zero"])
+def test_state_shaped_unlike_x_without_z0_names_z0(init):
+    cell, loss, *_ = _problem()
+    bare = NoInitCell()
+    bare.load_state_dict(cell.state_dict())
+    with pytest.raises(ValueError, match=r"z0") as err:
+        jiio_solve(bare, loss, torch.zeros(BATCH, D, dtype=torch.float64), config=CFG.replace(init=init))
+    assert "init_z" in str(err.value) and "(4, 3)" in str(err.value)  # what to pass, what was wrong
+    # a cell that broadcasts: f(z, x) runs but returns the state's shape, not z0's
+    U = torch.randn(N, D, dtype=torch.float64)
+    broadcasting = lambda z, x: torch.tanh(x @ U.T + z.sum(1, keepdim=True))  # noqa: E731
+    x0 = torch.zeros(BATCH, D, dtype=torch.float64)
+    if init == "zero":
+        with pytest.raises(ValueError, match=r"z0 has the wrong shape.*\(4, 6\)"):
+            jiio_solve(broadcasting, lambda z: z.pow(2).sum(1), x0, config=CFG.replace(init=init))
+    with pytest.raises(ValueError, match=r"z0 has the wrong shape"):
+        jiio_solve(broadcasting, lambda z: z.pow(2).sum(1), x0, z0=torch.zeros(BATCH, 2, dtype=torch.float64))
+    # given z0 (or init_z), the same cell solves
+    res = jiio_solve(
+        bare, loss, x0, z0=torch.zeros(BATCH, N, dtype=torch.float64), config=CFG.replace(init=init)
+    )
+    assert bool(res.converged.all())
+
+
+def test_init_zero_starts_from_init_z_and_cell_step_from_one_step():
+    cell, loss, *_ = _problem()
+    x0 = torch.zeros(BATCH, D, dtype=torch.float64)
+    seen = []
+
+    def recording(z, x):
+        seen.append(z.detach().clone())
+        return cell(z, x)
+
+    recording.init_z = cell.init_z  # type: ignore[attr-defined]
+    with torch.no_grad():
+        jiio_solve(recording, loss, x0, config=CFG.replace(init="zero", max_iter=2))
+        assert torch.equal(seen[0], torch.zeros(BATCH, N, dtype=torch.float64))
+        seen.clear()
+        jiio_solve(recording, loss, x0, config=CFG.replace(init="cell_step", max_iter=2))
+        # the uncounted start step, then the first iterate is f(0, x0) = B x0 + c = c
+        assert len(seen) == 3 and torch.allclose(seen[1], cell.c.detach().expand(BATCH, N))
