@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.autograd.grad((fz * mu).sum() + loss(z_).sum(), (z_, x_))
 
     proj = l2_ball(x, 1.0)
-    with torch.no_grad():  # jiio_solve's default start, computed once, outside the timing
+    with torch.no_grad():  # one cell step from zero (init="cell_step"), computed once, outside the timing
         z0 = cell(cell.init_z(x), x)
     base = JIIOConfig.paper("mnist_adversarial").replace(max_iter=args.iters)
     variants = {

@@ -36,6 +36,7 @@ from .solvers import SolverResult, solve
 __all__ = ["attach_implicit_grad", "dual_shortcut"]
 
 Shortcut = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+PARALLEL_TOL = 1e-4  # dual_shortcut: the outer gradient counts as a multiple of dl/dz
 
 
 def _ift_solve(
@@ -150,10 +151,13 @@ def dual_shortcut(
 
     Given the incoming gradient ``g``, ``c = <g, dl/dz*> / |dl/dz*|^2`` per sample; ``u = c mu*``
     solves ``u = J_z^T u + g`` when ``g = c dl/dz*`` and ``mu* = J_z^T mu* + dl/dz*``. It is
-    used (``use``) only where ``|g - c dl/dz*| <= tol |g|`` and mu*'s relative residual
-    ``mu_rel`` (``|J_z^T mu* + dl/dz* - mu*| / |J_z^T mu* + dl/dz*|`` at the returned iterate)
-    is ``<= tol``; elsewhere ``c mu*`` is the warm start of the backward solve.
-    Returns ``(u, use, mu_rel)``.
+    used (``use``) only where ``g`` is parallel to ``dl/dz*`` (``|g - c dl/dz*| <= t |g|``,
+    ``t = min(tol, PARALLEL_TOL)``: a property of the outer loss, never loosened by a loose
+    ``tol``) and mu*'s relative residual ``mu_rel`` (``|J_z^T mu* + dl/dz* - mu*| /
+    |J_z^T mu* + dl/dz*|`` at the returned iterate) is ``<= tol``, or where ``g = 0``
+    (``u = 0``); elsewhere ``c mu*`` is the warm start of the backward solve.
+    Returns ``(u, use, residual)``, the residual of ``u`` per sample (``mu_rel``; 0 where
+    ``g = 0``).
     """
     B = z_star.shape[0]
     tiny = torch.finfo(z_star.dtype).tiny
@@ -164,10 +168,12 @@ def dual_shortcut(
             (dl,) = torch.autograd.grad(loss(z_).sum(), z_)
         g, d = grad.reshape(B, -1), dl.reshape(B, -1).to(grad.dtype)
         c = (g * d).sum(1) / (d * d).sum(1).clamp_min(tiny)
-        mismatch = _row_norm(g - c[:, None] * d)
-        use = (mismatch <= tol * _row_norm(g)) & (mu_rel <= tol)
+        g_norm = _row_norm(g)
+        parallel = _row_norm(g - c[:, None] * d) <= min(tol, PARALLEL_TOL) * g_norm
+        zero = g_norm == 0  # u = 0 exactly, whatever mu* (e.g. rows left out of the outer loss)
+        use = (parallel & (mu_rel <= tol)) | zero
         u = (c[:, None] * mu_star.reshape(B, -1).to(grad.dtype)).view(grad.shape)
-        return u, use, mu_rel
+        return u, use, torch.where(zero, torch.zeros_like(mu_rel), mu_rel)
 
     return shortcut
 

@@ -119,7 +119,7 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         choices=("step", "zeros"),
         default="step",
         help="JIIO's initial state: step = f(0, x0), one cell evaluation, timed (default); "
-        "zeros = jiio_solve's default",
+        "zeros = the paper's start z = 0",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
@@ -316,10 +316,10 @@ def _load() -> list[float] | None:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor | None:
-    """JIIO's initial state: None (jiio_solve's zeros) or one cell step from zero."""
+def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor:
+    """JIIO's initial state: zeros (``cell.init_z``, the paper's start) or one cell step from zero."""
     if how == "zeros":
-        return None
+        return cell.init_z(x)
     with torch.no_grad():
         return cell(cell.init_z(x), x)
 

@@ -134,8 +134,8 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
 
     base = JIIOConfig.paper("mnist_adversarial")
 
-    def jiio_cfg(n: int) -> JIIOConfig:
-        return base.replace(max_iter=n, alpha_x_switch_iter=max(50, 5 * n // 8))
+    def jiio_cfg(n: int) -> JIIOConfig:  # the alpha_x drop follows n (the paper's rule)
+        return base.replace(max_iter=n)
 
     project = l2_ball(x, args.eps)
 

@@ -44,7 +44,7 @@ __all__ = [
 # settings (JIIOConfig.paper("celeba_generative")), measured on the tiny digits GLO decoder
 # trained here (digits test batch of 64, 40 iterations, loss re-solved at x*; zero latent
 # 13.6, Adam-40 2.8, exact-gradient descent with step 0.05 2.7):
-# - alpha_x 0.05 (paper 0.01 -> 0.003 after iteration 50; we keep the 0.3 ratio). The
+# - alpha_x 0.05 (paper 0.01 -> 0.003; we keep the 0.3 ratio, alpha_x_drop). The
 #   gradient of the summed squared error w.r.t. the latent is ~20 per image at the zero
 #   latent; 0.05 moves it by ~1 per step at first, the scale of the training latents.
 #   0.01-0.03 are stable but slower; from 0.1 up the objective oscillates and ends higher.
@@ -52,8 +52,10 @@ __all__ = [
 #   1e-2 regularisation) the joint residual stalls at 0.3-0.7 and JIIO-40 ends at the zero
 #   latent's loss (13.4); m=5 type II gives 4.5 (JIIO-100: 3.5), damped iteration 6.6.
 #   Both are flags (--anderson-m, --anderson-type) to reproduce the paper's setting.
+#   (Measured before issue 7 fixed Anderson's first history entry and made lam=0 solve the
+#   bordered system; worth measuring again.)
 # - z0 = f(0, x0), one cell evaluation inside the timed region (--jiio-z0 step). From
-#   z0 = 0 (jiio_solve's default) the GroupNorm layers of the cell and head see an all-zero
+#   z0 = 0 (the paper's start, --jiio-z0 zeros) the GroupNorm layers of the cell and head see an all-zero
 #   input, whose Jacobian scales like 1/sqrt(GroupNorm eps): the first x steps follow a
 #   gradient J_x^T mu ~100x the true one (~2,000 vs ~20 per image) and throw the latent to
 #   norm ~80, where the injection's GroupNorm makes the decoder flat and nothing moves
@@ -162,9 +164,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     def jiio_cfg(n: int) -> JIIOConfig:
         return JIIOConfig.paper("celeba_generative").replace(
             max_iter=n,
-            alpha_x=args.alpha_x,
-            alpha_x_after=0.3 * args.alpha_x,
-            alpha_x_switch_iter=max(50, 5 * n // 8),
+            alpha_x=args.alpha_x,  # the paper's drop (x 0.3) by the paper's rule for this n
             anderson_m=args.anderson_m,
             anderson_type=args.anderson_type,
         )

@@ -1,6 +1,16 @@
 """Training tasks that trials run: adversarial, generative, inverse problems. No Ray here."""
 
-from .common import MODES, TASKS, StepOutcome, TaskConfig, TaskResult, Trainer, jacobian_penalty, jiio_stats
+from .common import (
+    MODES,
+    TASKS,
+    StepOutcome,
+    TaskConfig,
+    TaskResult,
+    Trainer,
+    backward_stats,
+    jacobian_penalty,
+    jiio_stats,
+)
 
 __all__ = [
     "MODES",
@@ -9,6 +19,7 @@ __all__ = [
     "TaskConfig",
     "TaskResult",
     "Trainer",
+    "backward_stats",
     "jacobian_penalty",
     "jiio_stats",
 ]

@@ -44,6 +44,7 @@ from orchestrator.tasks.common import (
     TaskConfig,
     TaskResult,
     Trainer,
+    backward_stats,
     jacobian_penalty,
     jiio_stats,
     mdeq_config,
@@ -158,8 +159,10 @@ class AdversarialTrainer(Trainer):
         diverged, or a non-finite loss or gradient, makes the step a diverged step with no
         update. ``jac_reg > 0`` adds the Hutchinson Jacobian penalty at the final ``(z, x)``
         of the step (the paper's code takes a random JIIO iterate; the final one is as valid
-        a point of the trajectory and costs nothing extra to pick). ``backward_mode_mu`` is 1
-        when the outer backward reused ``mu*`` (0 when it solved, or when no backward ran).
+        a point of the trajectory and costs nothing extra to pick). The row reports which
+        backward ran (:func:`~orchestrator.tasks.common.backward_stats`: ``backward_mode``
+        "mu" when every sample reused ``mu*``, "ift" / "mixed" when some had to solve because
+        their ``mu*`` had not met ``backward_tol``, "none" when no backward ran).
         """
         cfg = self.config
         t0 = self._clock()
@@ -200,7 +203,7 @@ class AdversarialTrainer(Trainer):
             else:
                 self.optimizer.step()
         if res is not None:
-            metrics["backward_mode_mu"] = 1.0 if res.backward.get("mode") == "mu" else 0.0
+            metrics.update(backward_stats(res))
         metrics["step_s"] = self._clock() - t0
         trace = mean_trace(res) if res is not None and self.want_trace() else None
         return StepOutcome(metrics, diverged=diverged, trace=trace)

@@ -34,6 +34,7 @@ __all__ = [
     "TaskConfig",
     "TaskResult",
     "Trainer",
+    "backward_stats",
     "jacobian_penalty",
     "jiio_stats",
     "mdeq_config",
@@ -190,6 +191,36 @@ def jiio_stats(res: JIIOResult, seconds: float) -> dict[str, float]:
         if bool((~res.diverged).any())
         else math.inf,
         "solve_s": seconds,
+    }
+
+
+def backward_stats(res: JIIOResult) -> dict[str, float | str]:
+    """Which backward the step's outer gradient took through ``res.z`` (Parquet columns).
+
+    ``backward_mode``: "mu" (every sample reused mu*, paper eq. 19), "ift" / "jfb" (none
+    did), "mixed" (some did), "none" (no gradient flowed through ``res.z``);
+    ``backward_mu_frac``: the fraction of samples that reused mu*; ``backward_residual``:
+    the largest relative residual of the backward's solution (NaN for JFB or none);
+    ``backward_iterations``: of the backward solve (0 without one).
+
+    Example (3 iterations: mu* has not converged, so the outer gradient solves):
+        >>> from jiio_core import jiio_solve
+        >>> w = torch.tensor(0.5, requires_grad=True)
+        >>> res = jiio_solve(lambda z, x: w * z + x, lambda z: z.pow(2).sum(1), torch.ones(2, 1),
+        ...                  config=JIIOConfig(max_iter=3, alpha_x=0.1))
+        >>> backward_stats(res)["backward_mode"]    # nothing flowed back yet
+        'none'
+        >>> res.z.pow(2).sum().backward()
+        >>> stats = backward_stats(res)
+        >>> stats["backward_mode"], stats["backward_mu_frac"], stats["backward_residual"] <= 1e-5
+        ('ift', 0.0, True)
+    """
+    b = res.backward
+    return {
+        "backward_mode": str(b.get("mode", "none")),
+        "backward_mu_frac": float(b.get("mu_frac", math.nan)),
+        "backward_residual": float(b.get("residual", math.nan)),
+        "backward_iterations": float(b.get("iterations", 0)),
     }
 
 

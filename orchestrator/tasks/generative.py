@@ -7,7 +7,8 @@ latent of an image ``y`` is found by minimising the summed squared error
 JIIO (mode ``"jiio"``) or by Adam over a plain DEQ decoder (mode ``"adam"``). The
 parameters are then trained on the same reconstruction error at the found latent; in
 JIIO mode that outer loss is a multiple of the inner one, so its gradient reuses mu*
-(paper eq. 19, reported as ``backward_mode_mu``). After training, a full-covariance
+(paper eq. 19) for every sample whose mu* met ``backward_tol``, the others solve (reported
+per step as ``backward_mode``, ``backward_mu_frac``, ``backward_residual``). After training, a full-covariance
 Gaussian fitted to training latents turns the decoder into a sampler (as in RAEs).
 
 Example::
@@ -41,6 +42,7 @@ from orchestrator.tasks.common import (
     TaskConfig,
     TaskResult,
     Trainer,
+    backward_stats,
     jacobian_penalty,
     jiio_stats,
     mdeq_config,
@@ -192,6 +194,8 @@ class GenerativeTrainer(Trainer):
         n_bad = int((~keep).sum())
         metrics = dict(sol.metrics)
         metrics["diverged_rows"] = float(n_bad)
+        if sol.res is not None:  # "none" until a backward has run (diverged steps never do)
+            metrics.update(backward_stats(sol.res))
         pix = clean[0].numel()
         trace = mean_trace(sol.res) if sol.res is not None and self.want_trace() else None
         self.optimizer.zero_grad(set_to_none=True)
@@ -215,9 +219,7 @@ class GenerativeTrainer(Trainer):
             return StepOutcome(metrics, diverged=True, trace=trace)
         total.backward()
         if sol.res is not None:
-            mode = sol.res.backward.get("mode")
-            metrics["backward_mode_mu"] = float(mode == "mu")
-            metrics["backward_mode_ift"] = float(mode == "ift")
+            metrics.update(backward_stats(sol.res))
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             self.optimizer.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ PSNR against the CLEAN image (Table 4 reports the median).
 - Supervised (``supervised=True``, eq. 24): training solves the inner problem on the
   corrupted image and trains on the error against the clean one. That outer loss is not
   a multiple of the inner loss, so JIIO's backward is the IFT solve with ``x*`` fixed
-  (reported as ``backward_mode_ift``).
+  (reported as ``backward_mode`` "ift").
 
 Example::
 

@@ -40,7 +40,9 @@ SOLVER_KEYS = {"solver_iterations", "solver_converged", "solver_diverged", "solv
 TRAIN_KEYS = {
     "clean": {"loss", "train_acc", "step_s"},
     "pgd": {"loss", "train_acc", "step_s", "attack_s"},
-    "jiio": {"loss", "train_acc", "step_s", "inner_loss", "backward_mode_mu"} | SOLVER_KEYS,
+    "jiio": {"loss", "train_acc", "step_s", "inner_loss", "backward_mu_frac", "backward_residual"}
+    | {"backward_iterations"}
+    | SOLVER_KEYS,
 }
 
 
@@ -119,8 +121,13 @@ def test_each_mode_reports_documented_keys(data, mode):
     for k in ("clean_acc", "pgd_acc", "jiio_acc", "jiio_attack_diverged"):
         assert 0.0 <= evals[k] <= 1.0
     if mode == "jiio":
-        # the outer CE is a multiple of the negated inner loss: mu* is reused, no backward solve
-        assert trainer.last.backward["mode"] == "mu" and train[0]["backward_mode_mu"] == 1.0
+        # the outer CE is a multiple of the negated inner loss, but after 15 iterations no
+        # sample's mu* met backward_tol: every sample solved (x* fixed), to backward_tol
+        res = trainer.last
+        assert float(res.mu_residual.min()) > cfg.jiio.backward_tol
+        assert train[0]["backward_mode"] == res.backward["mode"] == "ift"
+        assert train[0]["backward_mu_frac"] == 0.0 and train[0]["backward_iterations"] > 0
+        assert train[0]["backward_residual"] <= cfg.jiio.backward_tol
         assert set(train[0]["trace"]) >= {"residual", "objective"}
         assert len(train[0]["trace"]["residual"]) == train[0]["solver_iterations"]
     else:
@@ -168,8 +175,22 @@ def test_minority_of_diverged_samples_is_left_out(data):
     assert out.metrics["loss"] == pytest.approx(float(kept), rel=1e-5)
     assert out.metrics["loss"] != pytest.approx(float(everyone), rel=1e-5)
     assert out.metrics["inner_loss"] == pytest.approx(float(kept), rel=1e-4)
-    assert out.metrics["backward_mode_mu"] == 1.0  # masked rows (gradient 0) keep the shortcut
+    # masked rows (gradient 0) need no solve; the others' mu* had not converged: "mixed"
+    assert float(res.mu_residual.min()) > trainer.config.jiio.backward_tol
+    assert out.metrics["backward_mode"] == "mixed" and out.metrics["backward_mu_frac"] == 0.25
     assert not same(before, params_of(trainer))
+
+
+def test_training_reuses_mu_for_samples_whose_mu_met_backward_tol(data):
+    """The eq. 19 shortcut in training: with backward_tol above every sample's mu residual
+    no backward solve runs, and the step's gradient is mu* reused."""
+    trainer = Recording(fast_config("jiio", jiio=FAST_JIIO.replace(backward_tol=0.95)), data)
+    x, y = batch(trainer)
+    out = trainer.train_step(x, y)
+    assert float(trainer.last.mu_residual.max()) <= 0.95
+    assert out.metrics["backward_mode"] == "mu" and out.metrics["backward_mu_frac"] == 1.0
+    assert out.metrics["backward_iterations"] == 0.0
+    assert out.metrics["backward_residual"] == pytest.approx(float(trainer.last.mu_residual.max()))
 
 
 def test_majority_of_diverged_samples_makes_a_diverged_step(data):

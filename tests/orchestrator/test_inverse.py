@@ -13,7 +13,7 @@ from orchestrator.tasks.common import TaskConfig
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.inverse import InverseTrainer, corrupt, inpainting_window, train_inverse
 from tests.orchestrator import _latent
-from tests.orchestrator._latent import first_batch, params
+from tests.orchestrator._latent import FAST_JIIO, first_batch, params
 
 EVAL_KEYS = {"test_psnr_median", "test_psnr", "test_mse", "corrupted_psnr", "test_diverged", "inner_s"}
 
@@ -103,9 +103,10 @@ def test_psnr_closed_form(delta, db):
 
 
 def test_unsupervised_trains_on_clean_images_and_evaluates_the_inverse_problem(data):
-    tr = InverseTrainer(make_config(task="inpainting", supervised=False), data)
+    jiio = FAST_JIIO.replace(backward_tol=0.9)  # above every mu* residual after 20 iterations
+    tr = InverseTrainer(make_config(task="inpainting", supervised=False, jiio=jiio), data)
     out = tr.train_step(first_batch(data), None)
-    assert not out.diverged and out.metrics["backward_mode_mu"] == 1.0  # inner == outer loss
+    assert not out.diverged and out.metrics["backward_mode"] == "mu"  # inner == outer loss
     before = params(tr)
     m = tr.evaluate()
     assert set(m) >= EVAL_KEYS
@@ -130,11 +131,14 @@ def test_denoising_eval_reports_the_noisy_input_psnr(data):
 
 @pytest.mark.parametrize("task", ["inpainting", "denoising"])
 def test_supervised_training_uses_the_ift_backward(data, task):
-    tr = InverseTrainer(make_config(task=task, supervised=True), data)
+    """The outer loss is not a multiple of the inner one: mu* is never reused, however loose
+    backward_tol is (it bounds mu*'s residual, not what counts as the same loss)."""
+    jiio = FAST_JIIO.replace(backward_tol=0.9)
+    tr = InverseTrainer(make_config(task=task, supervised=True, jiio=jiio), data)
     before = params(tr)
     out = tr.train_step(first_batch(data), None)
     assert not out.diverged
-    assert out.metrics["backward_mode_ift"] == 1.0 and out.metrics["backward_mode_mu"] == 0.0
+    assert out.metrics["backward_mode"] == "ift" and out.metrics["backward_mu_frac"] == 0.0
     # outer loss is against the clean image, inner loss against the measurement
     assert out.metrics["loss"] != pytest.approx(out.metrics["inner_loss"])
     assert not all(torch.equal(a, b) for a, b in zip(before, params(tr), strict=True))
