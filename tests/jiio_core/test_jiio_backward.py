@@ -218,3 +218,37 @@ def test_attach_implicit_grad_combines_shortcut_and_solve_per_sample(backward):
         (cell(z, x) * u).sum().backward()
         assert _rel(got, _grads(cell)) < 1e-12
         assert stats["residual"] == 2e-14  # the solved or reused samples only
+
+
+def test_a_loose_backward_tol_never_reuses_mu_for_another_outer_loss():
+    """backward_tol bounds mu*'s residual; whether the outer loss is a multiple of the inner
+    one is decided at a fixed 1e-4, so a loose tolerance cannot hand mu* to another loss."""
+    cell, loss, _, x0 = _adversarial()
+    cfg = JIIOConfig(max_iter=6, alpha_x=0.3, x_step="normalized", early_stop=False, backward_tol=10.0)
+    res = jiio_solve(cell, loss, x0, z0=torch.zeros(5, 6, dtype=DT), config=cfg, project=l2_ball(x0, 1.0))
+    (res.z**2).sum().backward()
+    assert res.backward["mode"] == "ift" and res.backward["mu_frac"] == 0.0
+    res = jiio_solve(cell, loss, x0, z0=torch.zeros(5, 6, dtype=DT), config=cfg, project=l2_ball(x0, 1.0))
+    (-2.5 * loss(res.z)).sum().backward()  # a multiple: the loose tolerance lets mu* be reused
+    assert res.backward["mode"] == "mu" and res.backward["mu_frac"] == 1.0
+
+
+def test_rows_left_out_of_the_outer_loss_need_no_solve():
+    """A sample whose outer gradient is exactly 0 has u = 0 whatever its mu*: it counts as
+    solved without a solve, and the gradient is the implicit one of the other samples."""
+    cell, loss, sample_loss, x0 = _adversarial()
+    cfg = JIIOConfig(
+        max_iter=6,
+        alpha_x=0.3,
+        x_step="normalized",
+        early_stop=False,
+        backward_tol=1e-12,
+        backward_max_iter=200,
+    )
+    res = jiio_solve(cell, loss, x0, z0=torch.zeros(5, 6, dtype=DT), config=cfg, project=l2_ball(x0, 1.0))
+    weight = torch.ones(5, dtype=DT)
+    weight[0] = 0.0  # sample 0 left out
+    (loss(res.z) * weight).sum().backward()
+    assert res.backward["mode"] == "mixed" and res.backward["mu_samples"] == 1
+    rest = dense_implicit_grad(cell, lambda t, i: sample_loss(t, i + 1), res.z.detach()[1:], res.x[1:])
+    assert _rel(_grads(cell), rest) < 1e-6
