@@ -2,8 +2,9 @@
 
 Runs the ``sweeps/solver.py`` sweep (kind ``"solve"``: JIIO inner solves on one fixed
 trained model) with its ``--smoke`` settings and a tiny ``max_iter`` range, so that each
-trial is as short as the machinery allows, on a local Ray (``ray.init(num_cpus=2)``), in
-this process: this process *is* the sweep's driver (``orchestrator.sweep.run_sweep``).
+trial is as short as the machinery allows, on a fresh local Ray (``ray.init(address="local",
+num_cpus=2)``, even when another is running), in this process: this process *is* the
+sweep's driver (``orchestrator.sweep.run_sweep``).
 A background thread samples, every ``--sample-s`` seconds:
 
 - the driver's resident memory (``VmRSS`` of ``/proc/self/status``; ``VmHWM`` too) and
@@ -275,7 +276,7 @@ def resume_phase(args: argparse.Namespace) -> int:
     t_imported = time.perf_counter()
     cfg = make_config(args.storage, args.name, args.trials, args.checkpoint, resume=True)
     before = set(ResultStore(args.storage).keys("trials", args.name))
-    ray.init(num_cpus=2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False)  # never another engineer's cluster
     t_ray = time.perf_counter()
     t_call = time.time()
     outcome = run_sweep(cfg)
@@ -323,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     fds_start = _fds()
     rss_start = _status_kib("self", "VmRSS") / 1024
-    ray.init(num_cpus=2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False)  # never another engineer's cluster
     cfg = make_config(storage, name, args.trials, checkpoint, resume=False)
     mid = 100 if args.trials > 100 else max(1, args.trials // 2)
     marks = [mid, args.trials, *range(args.every, args.trials, args.every)]
