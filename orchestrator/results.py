@@ -243,7 +243,8 @@ class ResultStore:
             for key in self.keys(table, name):
                 path = f"{directory}/{key}.parquet"
                 try:
-                    t = pq.read_table(path, filesystem=self.fs, columns=columns)
+                    with self.fs.open_input_file(path) as f:  # one small file: no dataset machinery
+                        t = pq.ParquetFile(f).read(columns=columns)
                 except (pa.ArrowException, OSError) as exc:
                     self._report_corrupt(path, exc, on_corrupt)
                     continue

@@ -124,17 +124,19 @@ def plan_run(trials: pd.DataFrame, records: dict[str, dict[str, Any]], searched:
     resume = [
         (t, r["params"]) for t, r in records.items() if t not in done_ids and r.get("state") != "finished"
     ]
-    resume += [(t, records[t]["params"]) for t in retried if t not in {x for x, _ in resume}]
+    queued = {t for t, _ in resume}
+    resume += [(t, records[t]["params"]) for t in retried if t not in queued]
     resume_ids = {t for t, _ in resume}
     started = {t: r["params"] for t, r in records.items() if t not in resume_ids}
-    if len(trials):  # rows of sweeps written before records were kept
-        for _, row in trials.iterrows():
-            if row["trial_id"] not in started and row["trial_id"] not in resume_ids:
-                started[row["trial_id"]] = {k: _native(row[k]) for k in searched if k in row}
+    row_ids = set(trials["trial_id"]) if len(trials) else set()
+    old = [t for t in row_ids if t not in started and t not in resume_ids]
+    if old:  # rows of sweeps written before records were kept
+        cols = [k for k in searched if k in trials]
+        by_id = trials.drop_duplicates("trial_id").set_index("trial_id").loc[old, cols]
+        for tid, values in zip(by_id.index, by_id.to_dict("records"), strict=True):
+            started[tid] = {k: _native(v) for k, v in values.items()}
     # A record marked finished whose row is gone (quarantined): recompute it.
-    lost = [
-        t for t, r in records.items() if r.get("state") == "finished" and t not in set(trials["trial_id"])
-    ]
+    lost = [t for t, r in records.items() if r.get("state") == "finished" and t not in row_ids]
     for t in lost:
         resume.append((t, records[t]["params"]))
         started.pop(t, None)

@@ -138,3 +138,17 @@ def test_a_finished_trial_with_an_unreadable_steps_file_is_recomputed(tmp_path):
     plan = plan_run(store.read("trials", "s"), store.records("s"), ("alpha_x",))
     assert [t for t, _ in plan.resume] == ["b"]
     assert len(list((tmp_path / "corrupt").rglob("*.why.json"))) == 2
+
+
+def test_planning_a_resume_scales_linearly_with_trials():
+    """4,000 trials planned in well under a second (a quadratic plan took 14 s here)."""
+    import time
+
+    n = 4000
+    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "status": "completed", "alpha_x": 0.1})
+    trials["trial_id"] = trials["trial_id"].astype("string[pyarrow]")
+    records = {f"t{i}": {"params": {"alpha_x": 0.1}, "state": "finished"} for i in range(0, n, 2)}
+    t0 = time.perf_counter()
+    plan = plan_run(trials, records, ("alpha_x",))
+    assert time.perf_counter() - t0 < 3.0
+    assert len(plan.started) == n and not plan.resume
