@@ -58,6 +58,18 @@ class Dim:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "low": self.low, "high": self.high, "choices": list(self.choices)}
 
+    def optuna(self):
+        """The same dimension as an Optuna distribution (what OptunaSearch samples from)."""
+        from optuna import distributions as d
+
+        if self.kind == "loguniform":
+            return d.FloatDistribution(self.low, self.high, log=True)
+        if self.kind == "uniform":
+            return d.FloatDistribution(self.low, self.high)
+        if self.kind == "int":
+            return d.IntDistribution(int(self.low), int(self.high))
+        return d.CategoricalDistribution(list(self.choices))
+
     def tune(self):
         from ray import tune
 
@@ -181,12 +193,13 @@ def make_searcher(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep's console says what matters
     multi = len(metrics) > 1
     # Seeded by how many trials were ever started: a resumed sweep draws new points.
     sampler = optuna.samplers.TPESampler(seed=seed + len(started) + len(resume))
     points = [dict(p) for _, p in resume] + [dict(p) for p in enqueue]
     searcher = OptunaSearch(
-        space={k: d.tune() for k, d in space.items()},
+        space={k: d.optuna() for k, d in space.items()},
         metric=list(metrics) if multi else metrics[0],
         mode=list(modes) if multi else modes[0],
         sampler=sampler,

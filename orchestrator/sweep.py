@@ -75,6 +75,7 @@ class SweepConfig:
     scheduler: str = "asha"
     max_failures: int = 2
     lock_stale_s: float = 60.0
+    verbose: bool = False  # Tune's own progress tables instead of the compact console
     reuse_actors: bool = True
     kind: str = "train"
     checkpoint: str | None = None
@@ -253,6 +254,13 @@ def _run_tuner(
         enqueue,
         _concurrency(cfg),
     )
+    console = None
+    if not cfg.verbose:
+        from orchestrator.console import SweepConsole
+
+        console = SweepConsole(
+            cfg.name, cfg.trials, len(plan.finished), cfg.metrics[0], cfg.modes[0], tuple(cfg.space)
+        )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -261,7 +269,8 @@ def _run_tuner(
         run_config=tune.RunConfig(
             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{storage_path}/ray",
-            verbose=1,
+            verbose=1 if cfg.verbose else 0,
+            callbacks=[console] if console is not None else None,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
@@ -271,6 +280,9 @@ def _run_tuner(
         _record_failed(store, cfg, grid)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        if console is not None:
+            console.close()
     if len(cfg.metrics) > 1:
         record_pareto(store, cfg)
     return _outcome(store, cfg, len(resume), interrupted)

@@ -137,6 +137,9 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
         "--no-early-stop", action="store_true", help="run every trial to its end (no ASHA pruning)"
     )
     p.add_argument("--smoke", action="store_true", help="a seconds-long sweep that exercises everything")
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray Tune's progress tables instead of the live summary"
+    )
     return p
 
 
@@ -247,6 +250,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             kind=spec.kind,
             reuse_actors=not args.no_reuse_actors,
             address=args.address,
+            verbose=args.verbose,
             resume_command=_resume_hint(args, script, argv),
         )
         cfg = dataclasses.replace(cfg, **spec.prepare(args, fixed, data, name))
