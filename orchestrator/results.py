@@ -4,8 +4,9 @@ Layout under the storage root (a local directory, ``s3://...`` or ``gs://...``),
 partitioned by sweep name::
 
     trials/sweep=NAME/<trial_id>.parquet            one row per trial (its final state)
-    steps/sweep=NAME/<trial_id>-e<epoch>.parquet    the step rows of one epoch of one trial
-    traces/sweep=NAME/<trial_id>-e<epoch>.parquet   solver traces of that epoch
+    steps/sweep=NAME/<trial_id>-e<epoch>.parquet    the step rows of one epoch of a running trial
+    steps/sweep=NAME/<trial_id>.parquet             ... of a finished trial, compacted
+    traces/sweep=NAME/<trial_id>-e<epoch>.parquet   solver traces, per epoch, then compacted
     checkpoints/sweep=NAME/<trial_id>.pt            latest checkpoint of an unfinished trial
     pending/sweep=NAME/<trial_id>.json              record of every started trial: parameters,
                                                     attempts, wall time, errors, state
@@ -255,6 +256,53 @@ class ResultStore:
         table_ = pa.concat_tables(frames, promote_options="permissive")
         df = table_.to_pandas()
         return df.drop_duplicates(subset=["sweep", *KEYS[table]], keep="last").reset_index(drop=True)
+
+    def compact(self, table: str, sweep: str, trial_id: str) -> int:
+        """Merge a finished trial's per-epoch files of ``table`` into one file per trial
+        (``<trial_id>.parquet``), so the file count grows with trials, not trials x epochs.
+
+        Crash-safe: the merged file (rows of an existing merged file, then of the epoch
+        files, which win on a key) is written atomically first; the epoch files are deleted
+        after, and a merge interrupted between the two is finished by running it again (a
+        reader meanwhile deduplicates on the table's key). Returns how many epoch files
+        were merged.
+
+        Example:
+            >>> import tempfile
+            >>> store = ResultStore(tempfile.mkdtemp())
+            >>> for e in (1, 2):
+            ...     store.write("steps", "s", f"t-e000{e}", [{"trial_id": "t", "step": e, "phase": "train"}])
+            >>> store.compact("steps", "s", "t"), store.keys("steps", "s")
+            (2, ['t'])
+            >>> store.read("steps", "s")["step"].tolist()
+            [1, 2]
+        """
+        epochs = [k for k in self.keys(table, sweep) if k.startswith(f"{trial_id}-e")]
+        if not epochs:
+            return 0
+        directory = self._dir(table, sweep)
+        frames = []
+        for key in [trial_id, *epochs]:
+            path = f"{directory}/{key}.parquet"
+            if key == trial_id and self.fs.get_file_info(path).type != pafs.FileType.File:
+                continue
+            try:
+                with self.fs.open_input_file(path) as f:
+                    frames.append(_untyped_nulls(pq.ParquetFile(f).read()))
+            except (pa.ArrowException, OSError) as exc:
+                self._report_corrupt(path, exc, "quarantine")
+        if frames:
+            merged = pa.concat_tables(frames, promote_options="permissive")
+            keys = merged.select(KEYS[table]).to_pandas()  # dedupe on the key only: Arrow types stay
+            keep = keys.drop_duplicates(keep="last").sort_values(KEYS[table][1:], kind="stable").index
+            t = merged.take(pa.array(keep.to_numpy()))
+            buf = io.BytesIO()
+            pq.write_table(t, buf)
+            self.put(f"{directory}/{trial_id}.parquet", buf.getvalue())
+        for key in epochs:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.fs.delete_file(f"{directory}/{key}.parquet")
+        return len(epochs)
 
     def _report_corrupt(self, path: str, exc: Exception, on_corrupt: str) -> None:
         if on_corrupt == "quarantine":

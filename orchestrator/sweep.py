@@ -165,6 +165,7 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
         print(f"removed {removed} leftover temporary files of an interrupted write", file=sys.stderr)
     _quarantine_incomplete(store, cfg.name)
     trials = store.read("trials", cfg.name, on_corrupt="quarantine")
+    _finish_compaction(store, cfg.name, set(trials["trial_id"]) if len(trials) else set())
     records = store.records(cfg.name)
     if not cfg.resume and (len(trials) or records):
         raise SweepExistsError(
@@ -299,6 +300,15 @@ def _quarantine_incomplete(store: ResultStore, sweep: str) -> None:
             f"trial {tid}: some of its rows were unreadable; its row moved to {where}, it runs again",
             file=sys.stderr,
         )
+
+
+def _finish_compaction(store: ResultStore, sweep: str, finished: set[str]) -> None:
+    """Per-epoch files of finished trials (a compaction interrupted by a kill, or results of
+    earlier versions) are merged into one file per trial."""
+    for table in ("steps", "traces"):
+        left = {k.rsplit("-e", 1)[0] for k in store.keys(table, sweep) if "-e" in k} & finished
+        for tid in sorted(left):
+            store.compact(table, sweep, tid)
 
 
 def _outcome(store: ResultStore, cfg: SweepConfig, ran: int, interrupted: bool) -> SweepOutcome:

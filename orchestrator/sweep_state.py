@@ -187,6 +187,8 @@ def driver_row(
     store.write("trials", cfg.name, trial_id, [row])
     store.write_record(cfg.name, trial_id, record)
     store.delete_checkpoint(cfg.name, trial_id)
+    for table in ("steps", "traces"):
+        store.compact(table, cfg.name, trial_id)
     return row
 
 

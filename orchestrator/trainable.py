@@ -124,6 +124,8 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     }
     store.write("trials", meta.name, trial_id, [row])
     store.delete_checkpoint(meta.name, trial_id)
+    for table in ("steps", "traces"):  # one file per trial from now on (a crash here: the driver redoes it)
+        store.compact(table, meta.name, trial_id)
     record.update(state="finished", status=status, wall_s=wall)
     store.write_record(meta.name, trial_id, record)
     tune.report(  # the last report: ASHA may stop the trial here, after its row is written

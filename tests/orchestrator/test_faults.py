@@ -76,6 +76,8 @@ def _check(store: ResultStore, name: str, n: int, kept: dict[str, dict]) -> pd.D
     ):
         raw = _raw_rows(store, table, name)
         assert not raw.duplicated(subset=key).any(), f"a {table} key is in two files"
+        epoch_files = [k for k in store.keys(table, name) if "-e" in k]
+        assert not epoch_files, f"finished trials keep one {table} file each, not per epoch: {epoch_files}"
         assert set(raw["trial_id"]) <= set(trials["trial_id"]), (
             f"{table} rows of a trial that is not in trials/"
         )

@@ -88,3 +88,49 @@ def test_bad_names_raise(tmp_path, sweep):
         ResultStore(str(tmp_path)).write("trials", sweep, "k", [{"a": 1}])
     with pytest.raises(ValueError, match="table must be"):
         ResultStore(str(tmp_path)).write("bogus", "s", "k", [{"a": 1}])
+
+
+def test_compaction_keeps_every_row_and_its_types_and_an_interrupted_one_is_finished(tmp_path):
+    import pyarrow.parquet as pq
+
+    from orchestrator.sweep import _finish_compaction
+
+    store = ResultStore(str(tmp_path))
+    rows = {
+        1: [{"trial_id": "t", "step": 1, "phase": "train", "n": 3, "opt": None, "tr": [1.0, 2.0]}],
+        2: [
+            {"trial_id": "t", "step": 2, "phase": "train", "n": 4, "opt": 7, "tr": [3.0]},
+            {"trial_id": "t", "step": 2, "phase": "eval", "n": 5, "opt": None, "tr": []},
+        ],
+    }
+    for e, r in rows.items():
+        store.write("steps", "s", f"t-e{e:04d}", r)
+    before = store.read("steps", "s")
+    assert store.compact("steps", "s", "t") == 2 and store.keys("steps", "s") == ["t"]
+    after = store.read("steps", "s")
+
+    def rows_of(df):
+        df = df.sort_values(["step", "phase"])
+        return [
+            (r.step, r.phase, r.n, None if r.opt != r.opt else r.opt, list(r.tr)) for r in df.itertuples()
+        ]
+
+    assert rows_of(after) == rows_of(before)
+    schema = pq.read_schema(tmp_path / "steps" / "sweep=s" / "t.parquet")
+    assert str(schema.field("n").type) == "int64" and schema.field("tr").type.value_type == pa.float64()
+    # Killed after writing the merged file, before deleting the epoch files: a new epoch
+    # file next to it (as the kill left) is merged by the next driver, its rows winning.
+    store.write(
+        "steps",
+        "s",
+        "t-e0002",
+        [{"trial_id": "t", "step": 2, "phase": "train", "n": 40, "opt": 7, "tr": [3.0]}],
+    )
+    _finish_compaction(store, "s", {"t"})
+    assert store.keys("steps", "s") == ["t"]
+    got = store.read("steps", "s").set_index(["step", "phase"])["n"].to_dict()
+    assert got == {(1, "train"): 3, (2, "train"): 40, (2, "eval"): 5}
+    _finish_compaction(store, "s", set())  # unfinished trials are left alone
+    store.write("steps", "s", "u-e0001", [{"trial_id": "u", "step": 1, "phase": "train"}])
+    _finish_compaction(store, "s", {"t"})
+    assert store.keys("steps", "s") == ["t", "u-e0001"]
