@@ -42,6 +42,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from orchestrator.records import TrialRecords
+
 __all__ = ["KEYS", "TABLES", "ResultStore", "arrow_schema"]
 
 TABLES = ("trials", "steps", "traces", "pareto")
@@ -109,7 +111,7 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
-class ResultStore:
+class ResultStore(TrialRecords):
     """Reads and writes the sweep tables under one storage root.
 
     Example:
@@ -342,57 +344,6 @@ class ResultStore:
         path = self.checkpoint_path(sweep, trial_id)
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             self.fs.delete_file(path)
-
-    # --- trial records: every started trial (parameters, attempts, errors, state) ----------
-    def _record_path(self, sweep: str, trial_id: str) -> str:
-        return f"{self._dir('pending', sweep)}/{trial_id}.json"
-
-    def write_record(self, sweep: str, trial_id: str, record: dict[str, Any]) -> None:
-        """Write a trial's record (``params`` and its attempt history)."""
-        self.put(self._record_path(sweep, trial_id), json.dumps(record, default=repr).encode())
-
-    def record(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
-        """The trial's record, or None. Records of earlier versions (the bare parameters) are
-        read as a running trial with those parameters; an unreadable one is quarantined."""
-        path = self._record_path(sweep, trial_id)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        try:
-            with self.fs.open_input_stream(path) as f:
-                data = json.loads(f.read().decode())
-        except (ValueError, OSError) as exc:
-            self._report_corrupt(path, exc, "quarantine")
-            return None
-        if not isinstance(data, dict):
-            self._report_corrupt(path, ValueError("not a JSON object"), "quarantine")
-            return None
-        if not isinstance(data.get("params"), dict):  # an earlier version's record: the parameters
-            data = {"params": data, "trial_id": trial_id, "state": "running"}
-        return data
-
-    def records(self, sweep: str) -> dict[str, dict[str, Any]]:
-        """Every started trial's record, by trial id."""
-        out = {}
-        for key in self.keys("pending", sweep):
-            rec = self.record(sweep, key)
-            if rec is not None:
-                out[key] = rec
-        return out
-
-    def write_pending(self, sweep: str, trial_id: str, params: dict[str, Any]) -> None:
-        """Record a started trial with these parameters (no attempt yet)."""
-        self.write_record(sweep, trial_id, {"params": params, "trial_id": trial_id, "state": "running"})
-
-    def pending(self, sweep: str) -> dict[str, dict[str, Any]]:
-        """Started, unfinished trials: their parameters, by trial id."""
-        return {k: r["params"] for k, r in self.records(sweep).items() if r.get("state") != "finished"}
-
-    def delete_pending(self, sweep: str, trial_id: str) -> None:
-        """Mark a trial's record finished (kept: it names every trial ever started)."""
-        rec = self.record(sweep, trial_id)
-        if rec is not None:
-            rec["state"] = "finished"
-            self.write_record(sweep, trial_id, rec)
 
     def meta(self, sweep: str) -> dict[str, Any] | None:
         """The sweep's ``meta/sweep=NAME/sweep.json`` (objectives, space, paper trial), if any."""

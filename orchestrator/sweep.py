@@ -36,7 +36,16 @@ from orchestrator.lock import SweepLock
 from orchestrator.results import ResultStore
 from orchestrator.search import Dim, make_searcher
 from orchestrator.storage_check import check_shared, remove_marker
-from orchestrator.sweep_state import FINISHED, check_resume, driver_row, plan_run, record_pareto, write_meta
+from orchestrator.sweep_state import (
+    FINISHED,
+    check_resume,
+    driver_row,
+    finish_compaction,
+    plan_run,
+    quarantine_incomplete,
+    record_pareto,
+    write_meta,
+)
 from orchestrator.trainable import run_trial, trial_id_of
 from orchestrator.trial_meta import SweepMeta, make_trial_id
 
@@ -163,9 +172,9 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     removed = store.clean_tmp()
     if removed:
         print(f"removed {removed} leftover temporary files of an interrupted write", file=sys.stderr)
-    _quarantine_incomplete(store, cfg.name)
+    quarantine_incomplete(store, cfg.name)
     trials = store.read("trials", cfg.name, on_corrupt="quarantine")
-    _finish_compaction(store, cfg.name, set(trials["trial_id"]) if len(trials) else set())
+    finish_compaction(store, cfg.name, set(trials["trial_id"]) if len(trials) else set())
     records = store.records(cfg.name)
     if not cfg.resume and (len(trials) or records):
         raise SweepExistsError(
@@ -287,28 +296,6 @@ def _run_tuner(
     if len(cfg.metrics) > 1:
         record_pareto(store, cfg)
     return _outcome(store, cfg, len(resume), interrupted)
-
-
-def _quarantine_incomplete(store: ResultStore, sweep: str) -> None:
-    """Unreadable steps/traces files move to ``corrupt/``; a finished trial that lost one
-    has its row moved there too, so this run recomputes it (under the same keys)."""
-    bad = {key.rsplit("-e", 1)[0] for table in ("steps", "traces") for key in store.check(table, sweep)}
-    for tid in sorted(bad & set(store.keys("trials", sweep))):
-        path = f"{store.base}/trials/sweep={sweep}/{tid}.parquet"
-        where = store.quarantine(path, "a steps or traces file of this trial was unreadable")
-        print(
-            f"trial {tid}: some of its rows were unreadable; its row moved to {where}, it runs again",
-            file=sys.stderr,
-        )
-
-
-def _finish_compaction(store: ResultStore, sweep: str, finished: set[str]) -> None:
-    """Per-epoch files of finished trials (a compaction interrupted by a kill, or results of
-    earlier versions) are merged into one file per trial."""
-    for table in ("steps", "traces"):
-        left = {k.rsplit("-e", 1)[0] for k in store.keys(table, sweep) if "-e" in k} & finished
-        for tid in sorted(left):
-            store.compact(table, sweep, tid)
 
 
 def _outcome(store: ResultStore, cfg: SweepConfig, ran: int, interrupted: bool) -> SweepOutcome:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,10 @@ __all__ = [
     "Plan",
     "check_resume",
     "driver_row",
+    "finish_compaction",
     "identity",
     "plan_run",
+    "quarantine_incomplete",
     "record_pareto",
     "write_meta",
 ]
@@ -190,6 +193,28 @@ def driver_row(
     for table in ("steps", "traces"):
         store.compact(table, cfg.name, trial_id)
     return row
+
+
+def quarantine_incomplete(store: ResultStore, sweep: str) -> None:
+    """Unreadable steps/traces files move to ``corrupt/``; a finished trial that lost one
+    has its row moved there too, so this run recomputes it (under the same keys)."""
+    bad = {key.rsplit("-e", 1)[0] for table in ("steps", "traces") for key in store.check(table, sweep)}
+    for tid in sorted(bad & set(store.keys("trials", sweep))):
+        path = f"{store.base}/trials/sweep={sweep}/{tid}.parquet"
+        where = store.quarantine(path, "a steps or traces file of this trial was unreadable")
+        print(
+            f"trial {tid}: some of its rows were unreadable; its row moved to {where}, it runs again",
+            file=sys.stderr,
+        )
+
+
+def finish_compaction(store: ResultStore, sweep: str, finished: set[str]) -> None:
+    """Per-epoch files of finished trials (a compaction interrupted by a kill, or results of
+    earlier versions) are merged into one file per trial."""
+    for table in ("steps", "traces"):
+        left = {k.rsplit("-e", 1)[0] for k in store.keys(table, sweep) if "-e" in k} & finished
+        for tid in sorted(left):
+            store.compact(table, sweep, tid)
 
 
 def record_pareto(store: ResultStore, cfg) -> None:

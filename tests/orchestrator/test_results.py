@@ -93,7 +93,7 @@ def test_bad_names_raise(tmp_path, sweep):
 def test_compaction_keeps_every_row_and_its_types_and_an_interrupted_one_is_finished(tmp_path):
     import pyarrow.parquet as pq
 
-    from orchestrator.sweep import _finish_compaction
+    from orchestrator.sweep_state import finish_compaction as _finish_compaction
 
     store = ResultStore(str(tmp_path))
     rows = {

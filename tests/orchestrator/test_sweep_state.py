@@ -125,7 +125,7 @@ def test_driver_rows_carry_the_trials_provenance_and_error_history(tmp_path):
 
 
 def test_a_finished_trial_with_an_unreadable_steps_file_is_recomputed(tmp_path):
-    from orchestrator.sweep import _quarantine_incomplete
+    from orchestrator.sweep_state import quarantine_incomplete as _quarantine_incomplete
 
     store = ResultStore(str(tmp_path))
     for tid in ("a", "b"):
