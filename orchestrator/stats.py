@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["wilson", "wilson_for"]
+__all__ = ["bootstrap", "interval_growth", "separated", "wilson", "wilson_for", "wilson_growth"]
 
 
 def wilson(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -43,3 +43,93 @@ def wilson_for(accuracy: float, n: int, z: float = 1.959964) -> tuple[float, flo
     if not n or not math.isfinite(accuracy):
         return math.nan, math.nan
     return wilson(round(accuracy * n), n, z)
+
+
+def bootstrap(
+    samples, statistic: str = "mean", level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (or ``"median"``) of per-sample values.
+
+    ``(nan, nan)`` for fewer than 2 finite values. Deterministic for a given ``seed``.
+
+    Example:
+        >>> lo, hi = bootstrap([float(v % 7) for v in range(200)])
+        >>> lo < 2.97 < hi, round(hi - lo, 1)
+        (True, 0.5)
+    """
+    import numpy as np
+
+    x = np.asarray(samples, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    fn = np.median if statistic == "median" else np.mean
+    for start in range(0, n_boot, 256):  # bounded memory for large samples
+        k = min(256, n_boot - start)
+        idx = rng.integers(0, x.size, size=(k, x.size))
+        stats[start : start + k] = fn(x[idx], axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def separated(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two intervals do not overlap (both must be known).
+
+    Example:
+        >>> separated((0.1, 0.2), (0.25, 0.3)), separated((0.1, 0.3), (0.25, 0.4))
+        (True, False)
+    """
+    if not all(math.isfinite(v) for v in (*a, *b)):
+        return False
+    return a[1] < b[0] or b[1] < a[0]
+
+
+def wilson_growth(p1: float, n1: int, p2: float, n2: int, z: float = 1.959964) -> float:
+    """The factor by which both evaluations (``n1``, ``n2`` samples) would have to grow for the
+    Wilson intervals of the observed accuracies ``p1`` and ``p2`` to separate (1.0 if they
+    already do, ``inf`` if the accuracies are equal).
+
+    Example:
+        >>> round(wilson_growth(0.5, 128, 0.5156, 128))  # 2 more right answers out of 128
+        123
+    """
+    if not (n1 and n2) or not (math.isfinite(p1) and math.isfinite(p2)) or p1 == p2:
+        return math.inf
+
+    def apart(k: float) -> bool:
+        a = wilson(p1 * n1 * k, max(1, round(n1 * k)), z)
+        b = wilson(p2 * n2 * k, max(1, round(n2 * k)), z)
+        return separated(a, b)
+
+    if apart(1.0):
+        return 1.0
+    lo, hi = 1.0, 2.0
+    while not apart(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1e12:
+            return math.inf
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if apart(mid) else (mid, hi)
+    return hi
+
+
+def interval_growth(a: tuple[float, float], b: tuple[float, float], va: float, vb: float) -> float:
+    """For intervals whose half-widths shrink as 1/sqrt(n) (bootstrap of a mean): the factor by
+    which both evaluations would have to grow for intervals ``a`` and ``b`` around the
+    observed values ``va`` and ``vb`` to separate (1.0 if they already do, ``inf`` if the
+    values are equal or an interval is unknown).
+
+    Example:
+        >>> round(interval_growth((9.0, 11.0), (10.0, 12.0), 10.0, 11.0), 2)
+        4.0
+    """
+    if not all(math.isfinite(v) for v in (*a, *b, va, vb)) or va == vb:
+        return math.inf
+    if separated(a, b):
+        return 1.0
+    half = (a[1] - a[0]) / 2 + (b[1] - b[0]) / 2
+    return max(1.0, (half / abs(va - vb)) ** 2)

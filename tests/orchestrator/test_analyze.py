@@ -55,12 +55,16 @@ def test_summary_ranks_and_compares_with_the_paper(tmp_path):
     assert s["paper"]["trial_id"] == "p"
     assert s["best_minus_paper"] == pytest.approx(0.25)
     text = summary_text(s)
-    assert "best beats the paper configuration by +0.25" in text
+    # no eval_n and no per-sample values: the difference is shown, never called a win
+    assert "best beats" not in text
+    assert "best - the paper configuration = +0.25 (robust_acc)" in text and "n unknown" in text
+    assert s["verdict"]["significant"] is None
 
 
 def test_plots_are_written_and_open(tmp_path):
     paths = plot_sweep(_store(tmp_path), "s", str(tmp_path / "plots"))
-    assert {p.rsplit("-", 1)[1] for p in paths} == {"params.png", "progress.png", "traces.png"}
+    # one searched parameter: no divergence map or parallel coordinates; no eval steps: no curves
+    assert {p.rsplit("-", 1)[1] for p in paths} == {"params.png", "progress.png", "importance.png", "traces.png"}
     for p in paths:
         with Image.open(p) as im:
             assert im.size[0] > 100 and im.size[1] > 100
@@ -90,7 +94,8 @@ def test_run_reports_missing_sweeps_clearly(tmp_path, capsys):
     store = _store(tmp_path)
     assert run(store.root, "s", str(tmp_path / "out"), as_json=True) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["best"][0]["trial_id"] == "a" and len(out["plots"]) == 3
+    assert out["best"][0]["trial_id"] == "a" and len(out["plots"]) == 4
+    assert out["report"] == str(tmp_path / "out" / "s-report.html")
     with pytest.raises(AnalyzeError, match="sweeps there: s"):
         run(store.root, "nope", None, as_json=False, plots=False)
 

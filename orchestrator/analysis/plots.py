@@ -1,0 +1,246 @@
+"""The sweep's PNG plots (headless): objective against each parameter, search progress,
+divergence maps, parallel coordinates, parameter importance, the Pareto front, and (from
+:mod:`orchestrator.analysis.traces`) the convergence of the best, median and paper trials.
+
+Each plot is left out when its data is missing (no objective, one parameter, no traces).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis.engine import Source
+from orchestrator.analysis.importance import divergence_grid
+from orchestrator.analysis.summary import numeric, status_of
+from orchestrator.stats import wilson_for
+
+__all__ = ["COLORS", "plot_all", "save"]
+
+COLORS = {"completed": "tab:blue", "diverged": "tab:red", "pruned": "tab:gray", "error": "black"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, out_dir: str, name: str) -> str:
+    plt = _plt()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log(dim: dict[str, Any]) -> bool:
+    return dim.get("kind") == "loguniform"
+
+
+def _params(trials, sweep, main, space, out_dir) -> str:
+    plt = _plt()
+    status = status_of(trials)
+    n = len(space)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.4), squeeze=False, sharey=True)
+    eval_n = numeric(trials["eval_n"]) if "eval_n" in trials else None
+    for ax, (name, dim) in zip(axes[0], space.items(), strict=True):
+        for st, grp in trials.groupby(status):
+            ax.scatter(grp[name], grp[main], s=16, c=COLORS.get(st, "tab:green"), label=st, alpha=0.8)
+        if eval_n is not None:  # Wilson intervals where the trial says on how many samples
+            ok = trials[(status == "completed") & eval_n.notna() & trials[main].between(0, 1)]
+            for _, r in ok.iterrows():
+                lo, hi = wilson_for(float(r[main]), int(eval_n[r.name]))
+                ax.plot([r[name], r[name]], [lo, hi], color="tab:blue", lw=0.8, alpha=0.5)
+        if _log(dim):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+    axes[0][0].set_ylabel(main)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{sweep}: {main} against each parameter" + (" (bars: 95% Wilson)" if eval_n is not None else ""))
+    fig.tight_layout()
+    return save(fig, out_dir, f"{sweep}-params.png")
+
+
+def _progress(trials, sweep, main, mode, out_dir) -> str:
+    plt = _plt()
+    by = "finished_at" if "finished_at" in trials else "wall_s" if "wall_s" in trials else "trial_id"
+    order = trials.sort_values(by).reset_index(drop=True)
+    vals = order[main]
+    best = vals.cummax() if mode == "max" else vals.cummin()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(range(1, len(vals) + 1), vals, "o", ms=3, alpha=0.6, label="trial")
+    ax.plot(range(1, len(best) + 1), best, "-", lw=2, label="best so far")
+    ax.set_xlabel("trial (by finish order)")
+    ax.set_ylabel(main)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, out_dir, f"{sweep}-progress.png")
+
+
+def divergence_pairs(space: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(alpha_x, alpha_z) and (alpha_x, alpha_mu) where searched; else the first parameter
+    against the next two."""
+    pairs = [("alpha_x", y) for y in ("alpha_z", "alpha_mu") if {"alpha_x", y} <= set(space)]
+    if pairs:
+        return pairs
+    names = [k for k, d in space.items() if d.get("kind") != "choice"]
+    return [(names[0], y) for y in names[1:3]]
+
+
+def _divergence(trials, sweep, space, out_dir) -> str | None:
+    pairs = divergence_pairs(space)
+    if not pairs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
+    mesh = None
+    for ax, (x, y) in zip(axes[0], pairs, strict=True):
+        g = divergence_grid(trials, x, y, space)
+        mesh = ax.pcolormesh(g["x_edges"], g["y_edges"], g["rate"].T, cmap="RdYlGn_r", vmin=0, vmax=1, alpha=0.75)
+        xs, ys, bad = g["points"]
+        ax.scatter(xs[~bad], ys[~bad], s=10, c="black", marker="o", label="finished", alpha=0.7)
+        ax.scatter(xs[bad], ys[bad], s=22, c="darkred", marker="x", label="diverged")
+        if len(g["x_edges"]) <= 9:
+            for i in range(len(g["x_edges"]) - 1):
+                for j in range(len(g["y_edges"]) - 1):
+                    if g["count"][i, j]:
+                        cx = _mid(g["x_edges"], i, _log(space.get(x, {})))
+                        cy = _mid(g["y_edges"], j, _log(space.get(y, {})))
+                        ax.text(cx, cy, f"{int(g['diverged'][i, j])}/{int(g['count'][i, j])}",
+                                ha="center", va="center", fontsize=6, color="0.15")
+        if _log(space.get(x, {})):
+            ax.set_xscale("log")
+        if _log(space.get(y, {})):
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(f"diverged / finished over ({x}, {y})", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="fraction diverged", shrink=0.9)
+    fig.suptitle(f"{sweep}: where trials diverge")
+    return save(fig, out_dir, f"{sweep}-divergence.png")
+
+
+def _mid(edges, i, log) -> float:
+    return float(np.sqrt(edges[i] * edges[i + 1]) if log else (edges[i] + edges[i + 1]) / 2)
+
+
+def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
+    names = [k for k, d in space.items() if d.get("kind") != "choice"]
+    if len(names) < 2:
+        return None
+    plt = _plt()
+    from matplotlib.collections import LineCollection
+
+    status = status_of(trials)
+    cols = []
+    for name in [*names, main]:
+        v = numeric(trials[name]).to_numpy()
+        if name != main and _log(space.get(name, {})):
+            v = np.log10(np.where(v > 0, v, np.nan))
+        lo, hi = np.nanmin(v) if np.isfinite(v).any() else 0, np.nanmax(v) if np.isfinite(v).any() else 1
+        cols.append((v - lo) / (hi - lo) if hi > lo else v * 0 + 0.5)
+    norm = np.vstack(cols).T
+    fig, ax = plt.subplots(figsize=(1.8 * (len(names) + 1) + 1.5, 4))
+    xs = np.arange(len(names) + 1)
+    done = (status == "completed").to_numpy() & np.isfinite(norm[:, -1])
+    bad = (status == "diverged").to_numpy()
+    seg_bad = [np.column_stack([xs[:-1], r[:-1]]) for r in norm[bad]]
+    ax.add_collection(LineCollection(seg_bad, colors="tab:red", linewidths=0.6, alpha=0.35, label="diverged"))
+    order = np.argsort(norm[done, -1] if mode == "max" else -norm[done, -1])
+    lines = LineCollection([np.column_stack([xs, r]) for r in norm[done][order]], cmap="viridis", linewidths=1.0)
+    score = norm[done][order][:, -1]
+    lines.set_array(score if mode == "max" else 1 - score)
+    ax.add_collection(lines)
+    ax.set_xticks(xs, [*(f"log10 {n}" if _log(space.get(n, {})) else n for n in names), main])
+    for x in xs:
+        ax.axvline(x, color="0.6", lw=0.6)
+    ax.set_xlim(-0.1, xs[-1] + 0.1)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("scaled to [0, 1] per axis")
+    fig.colorbar(lines, ax=ax, label=f"{main} ({'higher' if mode == 'max' else 'lower'} is better, scaled)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"{sweep}: parallel coordinates (completed by {main}; diverged in red)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_dir, f"{sweep}-parallel.png")
+
+
+def _importance(summary, sweep, out_dir) -> str | None:
+    imp = summary.get("importance") or {}
+    panels = [(k, v) for k, v in (("objective", imp.get("objective")), ("divergence", imp.get("divergence"))) if v]
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 0.5 + 0.45 * max(len(v) for _, v in panels) + 1))
+    axes = np.atleast_1d(axes)
+    for ax, (what, vals) in zip(axes, panels, strict=True):
+        names = list(vals)[::-1]
+        ax.barh(names, [vals[n] for n in names], color="tab:red" if what == "divergence" else "tab:blue")
+        ax.set_xlim(0, 1)
+        label = summary["metrics"][0] if what == "objective" and summary.get("metrics") else what
+        ax.set_title(f"importance for {label}", fontsize=9)
+        ax.set_xlabel("PED-ANOVA importance (sums to 1)")
+    fig.tight_layout()
+    return save(fig, out_dir, f"{sweep}-importance.png")
+
+
+def _pareto(src, trials, sweep, metrics, out_dir) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    done = trials[status_of(trials) == "completed"]
+    ax.scatter(done[metrics[1]], done[metrics[0]], s=14, label="trials")
+    front = src.table("pareto", sweep)
+    if set(metrics[:2]) <= set(front.columns):
+        front = front.sort_values(metrics[1])
+        ax.plot(front[metrics[1]], front[metrics[0]], "r-o", ms=4, label="Pareto front")
+    ax.set_xlabel(metrics[1])
+    ax.set_ylabel(metrics[0])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, out_dir, f"{sweep}-pareto.png")
+
+
+def plot_all(src: Source, summary: dict[str, Any], out_dir: str) -> list[str]:
+    """Write every plot of one summarised sweep into ``out_dir``; their paths."""
+    from orchestrator.analysis.traces import plot_curves, plot_traces
+
+    sweep, metrics, modes = summary["sweep"], summary.get("metrics") or [], summary.get("modes") or []
+    trials = src.trials(sweep)
+    os.makedirs(out_dir, exist_ok=True)
+    paths: list[str] = []
+    if not len(trials):
+        return paths
+    space = summary.get("space") or {}
+    if space:
+        paths.append(_divergence(trials, sweep, space, out_dir))
+    if not metrics or metrics[0] not in trials:
+        return [p for p in paths if p]
+    main, mode = metrics[0], modes[0]
+    values = numeric(trials[main])
+    if not np.isfinite(values.to_numpy()).any():
+        return [p for p in paths if p]
+    trials = trials.assign(**{main: values})
+    if space:
+        paths.append(_params(trials, sweep, main, space, out_dir))
+    paths.append(_progress(trials, sweep, main, mode, out_dir))
+    paths.append(_parallel(trials, sweep, main, mode, space, out_dir))
+    paths.append(_importance(summary, sweep, out_dir))
+    pick = {}
+    if summary.get("best"):
+        pick["best"] = summary["best"][0]["trial_id"]
+    if summary.get("median"):
+        pick["median"] = summary["median"]["trial_id"]
+    if summary.get("paper"):
+        pick["paper"] = summary["paper"]["trial_id"]
+    paths.append(plot_curves(src, sweep, main, pick, out_dir))
+    paths.append(plot_traces(src, sweep, pick, out_dir))
+    if len(metrics) > 1 and metrics[1] in trials:
+        paths.append(_pareto(src, trials, sweep, metrics, out_dir))
+    return [p for p in paths if p]

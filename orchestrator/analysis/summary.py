@@ -1,0 +1,418 @@
+"""One sweep as plain data: its state, trials by status, time by status, the best and the
+paper configurations with 95% intervals, and whether the best really beats the paper's.
+
+Intervals (:mod:`orchestrator.stats`): an accuracy-like objective (``*acc*``, ``*_rate``,
+``*_frac``, in [0, 1]) measured on ``eval_n`` samples gets a Wilson interval; a mean (or
+``*_median``) objective whose per-sample values are in the trial's eval or solve step rows
+(``<metric>_samples``) gets a bootstrap interval; otherwise the interval is unknown and the
+summary says "n unknown". "Best beats the paper configuration" is said only when the two
+intervals do not overlap; otherwise the summary says they cannot be told apart and by how
+much the evaluation would have to grow for the observed difference to separate them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis.engine import Source, reason
+from orchestrator.analysis.importance import importances
+from orchestrator.stats import bootstrap, interval_growth, separated, wilson_for, wilson_growth
+
+__all__ = ["Interval", "compare_values", "objectives", "ranked", "status_of", "summarize"]
+
+GUESSES = ("robust_acc", "test_psnr_median", "test_psnr", "inner_objective")
+FINISHED = ("completed", "diverged", "pruned")
+_PROPORTION = re.compile(r"(^|_)(acc|accuracy|rate|frac)(_|$)")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A 95% interval of one trial's objective: ``method`` wilson | bootstrap, or None when
+    it cannot be computed (``n`` unknown, or no per-sample values)."""
+
+    lo: float = math.nan
+    hi: float = math.nan
+    n: int | None = None
+    method: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.method is not None and math.isfinite(self.lo) and math.isfinite(self.hi)
+
+    def text(self) -> str:
+        if self.known:
+            return f"[{self.lo:.4g}, {self.hi:.4g}] n={self.n}"
+        return "n unknown" if self.n is None else f"n={self.n}, no per-sample values"
+
+
+def default_mode(metric: str) -> str:
+    return "min" if metric == "inner_objective" or metric.endswith("_s") or "loss" in metric else "max"
+
+
+def read_meta(src: Source, sweep: str, notes: list[str] | None = None) -> dict[str, Any]:
+    """The sweep's metadata, or {} when it is missing (old sweeps) or unreadable (a note)."""
+    try:
+        meta = src.meta(sweep)
+    except (ValueError, OSError) as exc:
+        if notes is not None:
+            notes.append(f"meta/sweep={sweep}/sweep.json is unreadable ({reason(exc)}); ignored")
+        return {}
+    if meta is not None and not isinstance(meta, dict):
+        if notes is not None:
+            notes.append(f"meta/sweep={sweep}/sweep.json is not a JSON object; ignored")
+        return {}
+    return meta or {}
+
+
+def objectives(
+    meta: dict[str, Any], sweep: str, trials: pd.DataFrame, notes: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The sweep's objectives (from its metadata, else guessed from the columns) and modes."""
+    metrics = meta.get("metrics")
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        metrics = []
+    modes = meta.get("modes")
+    modes = [modes] if isinstance(modes, str) else modes
+    if metrics and not (
+        isinstance(modes, list) and len(modes) == len(metrics) and all(m in ("min", "max") for m in modes)
+    ):
+        modes = [default_mode(m) for m in metrics]
+        if notes is not None:
+            notes.append(
+                f"meta/sweep={sweep}/sweep.json gives no valid modes for {', '.join(metrics)}; "
+                f"assuming {', '.join(modes)}"
+            )
+    if not metrics:  # no metadata: guess from the columns a task reports
+        for name in GUESSES:
+            if name in trials.columns:
+                metrics, modes = [name], [default_mode(name)]
+                break
+    return list(metrics), list(modes or [])
+
+
+def space_of(meta: dict[str, Any], trials: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The searched parameters (name -> Dim as a dict) that the trial rows have."""
+    space = meta.get("space")
+    if isinstance(space, dict) and space:
+        out = {str(k): v if isinstance(v, dict) else {} for k, v in space.items()}
+    elif isinstance(space, list) and space:
+        out = {str(k): {} for k in space}
+    else:
+        out = {c: {"kind": "uniform"} for c in ("alpha_z", "alpha_mu", "alpha_x")}
+    return {k: v for k, v in out.items() if k in trials.columns}
+
+
+def status_of(trials: pd.DataFrame) -> pd.Series:
+    if "status" in trials:
+        return trials["status"].astype(object).where(trials["status"].notna(), "unknown")
+    return pd.Series(["unknown"] * len(trials), index=trials.index, dtype=object)
+
+
+def numeric(s: pd.Series) -> pd.Series:
+    return pd.to_numeric(s, errors="coerce").astype("float64")
+
+
+def ranked(trials: pd.DataFrame, main: str, mode: str) -> pd.DataFrame:
+    """Completed trials with a finite value of ``main``, best first (``main`` made numeric)."""
+    if main not in trials:
+        return trials.iloc[:0]
+    ok = trials[status_of(trials) == "completed"]
+    vals = numeric(ok[main])
+    ok = ok.assign(**{main: vals})[np.isfinite(vals.to_numpy())]
+    return ok.sort_values(main, ascending=(mode == "min"), kind="stable")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _sample_columns(metric: str) -> list[str]:
+    base = re.sub(r"_(median|mean)$", "", metric)
+    return list(dict.fromkeys([f"{metric}_samples", f"{base}_samples"]))
+
+
+def intervals(
+    src: Source, sweep: str, rows: pd.DataFrame, metric: str
+) -> dict[str, Interval]:
+    """95% intervals of ``metric`` for the trials in ``rows`` (trial rows), by trial id."""
+    out: dict[str, Interval] = {}
+    if not len(rows) or metric not in rows:
+        return out
+    cols = _sample_columns(metric)
+    steps = src.rows("steps", sweep, rows["trial_id"].astype(str), ["phase", *cols])
+    have = [c for c in cols if c in steps.columns]
+    stat = "median" if metric.endswith("_median") else "mean"
+    for _, r in rows.iterrows():
+        tid, value = str(r["trial_id"]), pd.to_numeric(pd.Series([r.get(metric)]), errors="coerce").iloc[0]
+        n_raw = r.get("eval_n")
+        n = int(n_raw) if isinstance(n_raw, (int, float, np.number)) and np.isfinite(n_raw) and n_raw > 0 else None
+        samples = _samples(steps[steps["trial_id"] == tid], have) if have else None
+        if samples is not None:
+            lo, hi = bootstrap(samples, statistic=stat)
+            out[tid] = Interval(lo, hi, len(samples), "bootstrap")
+        elif n and _PROPORTION.search(metric) and np.isfinite(value) and 0 <= value <= 1:
+            lo, hi = wilson_for(float(value), n)
+            out[tid] = Interval(lo, hi, n, "wilson")
+        else:
+            out[tid] = Interval(n=n)
+    return out
+
+
+def _samples(steps: pd.DataFrame, cols: list[str]) -> np.ndarray | None:
+    """Per-sample values of a trial's final evaluation: the last eval row's list, or every
+    solve row's lists together (a solve sweep reports one row per batch)."""
+    for col in cols:
+        rows = steps[steps[col].map(lambda v: v is not None and hasattr(v, "__len__") and len(v) > 0)]
+        if not len(rows):
+            continue
+        if "phase" in rows and (rows["phase"] == "solve").all():
+            values = np.concatenate([np.asarray(v, dtype=float) for v in rows[col]])
+        else:
+            values = np.asarray(rows.sort_values("step")[col].iloc[-1], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size >= 2:
+            return values
+    return None
+
+
+def compare_values(
+    a: tuple[str, float, Interval], b: tuple[str, float, Interval], metric: str, mode: str
+) -> dict[str, Any]:
+    """Whether configuration ``a`` (label, value, interval) beats ``b``: ``significant`` is
+    True only when the 95% intervals separate, None when an interval is unknown; ``text``
+    says so in words, with the growth of the evaluation that would make the difference
+    significant when it is not."""
+    (la, va, ia), (lb, vb, ib) = a, b
+    diff = va - vb if mode == "max" else vb - va
+    out: dict[str, Any] = {"difference": _plain(diff), "significant": None}
+    head = f"{la} - {lb} = {diff:+.4g} ({metric}{', lower is better' if mode == 'min' else ''})"
+    if not (ia.known and ib.known):
+        missing = [lab for lab, iv in ((la, ia), (lb, ib)) if not iv.known]
+        out["text"] = (
+            f"{head}; {' and '.join(missing)}: n unknown (no eval_n or per-sample values), so whether "
+            "this is more than noise cannot be told"
+        )
+        return out
+    ci = f"95% intervals [{ia.lo:.4g}, {ia.hi:.4g}] and [{ib.lo:.4g}, {ib.hi:.4g}]"
+    if separated((ia.lo, ia.hi), (ib.lo, ib.hi)):
+        out["significant"] = diff > 0
+        verb = "beats" if diff > 0 else "is worse than"
+        out["text"] = f"{la} {verb} {lb} by {diff:+.4g} ({metric}): {ci} do not overlap"
+        return out
+    out["significant"] = False
+    if ia.method == ib.method == "wilson" and ia.n and ib.n:
+        growth = wilson_growth(va, ia.n, vb, ib.n)
+    else:
+        growth = interval_growth((ia.lo, ia.hi), (ib.lo, ib.hi), va, vb)
+    out["growth"] = _plain(growth)
+    text = f"{la} and {lb} cannot be told apart: {head} is inside the noise ({ci} overlap)"
+    if math.isfinite(growth):
+        need = max(ia.n or 0, ib.n or 0) * growth
+        out["n_needed"] = int(math.ceil(need))
+        text += (
+            f"; for a difference this size to be significant the evaluation would have to grow "
+            f"about {growth:.3g}x, to n of about {out['n_needed']} samples per configuration"
+        )
+    else:
+        text += "; no difference was observed, so no evaluation size would separate them"
+    out["text"] = text
+    return out
+
+
+def _why_unranked(trials: pd.DataFrame, sweep: str, metrics: list[str], meta: dict[str, Any]) -> str:
+    """Why no trial of ``sweep`` can be ranked, and what to do."""
+    status = status_of(trials)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(status.value_counts().items()))
+    if not metrics:
+        where = f"meta/sweep={sweep}/sweep.json " + ("names no objective" if meta else "is missing")
+        return (
+            f"nothing to rank: {where}, and no trial row has a known objective column "
+            f"({', '.join(GUESSES)}); the trials ({counts}) may all have stopped before their first "
+            "evaluation, or the sweep reports another metric (analysis needs the sweep's meta file)"
+        )
+    main = metrics[0]
+    if main not in trials:
+        text = f"nothing to rank: no trial reported {main} ({counts}): every trial stopped before its first eval"
+    else:
+        text = f"nothing to rank: no completed trial has a value of {main} ({counts})"
+    hints = []
+    if (status == "diverged").any():
+        hints.append(
+            "diverged trials hit non-finite or exploding solver residuals: narrow the search space "
+            "towards smaller step sizes (alpha_*) or more solver iterations"
+        )
+    if (status == "error").any():
+        msgs = []
+        if "error" in trials:
+            for tid, err in zip(trials["trial_id"], trials["error"], strict=True):
+                if isinstance(err, str) and err.strip():
+                    msgs.append(f"{tid}: {err.strip().splitlines()[-1][:200]}")
+        hints.append(
+            "errored trials failed"
+            + (" (" + "; ".join(msgs[:3]) + ("; ..." if len(msgs) > 3 else "") + ")" if msgs else "")
+            + ": fix the cause, then run the sweep again with --resume (it retries errored trials)"
+        )
+    if (status == "pruned").any() and not hints:
+        hints.append("pruned trials were stopped early by the scheduler")
+    if not hints:
+        hints.append("wait for the running trials to finish, or run the sweep again with --resume")
+    return text + "; " + "; ".join(hints)
+
+
+def _progress(src: Source, sweep: str, trials: pd.DataFrame, meta: dict[str, Any], out: dict[str, Any]) -> None:
+    """State of the sweep: running (a live driver), interrupted, or finished; trials still
+    running (started, no final row) and the time spent by status."""
+    status = status_of(trials)
+    final = set(trials.loc[status.isin(FINISHED), "trial_id"].astype(str)) if len(trials) else set()
+    rows = set(trials["trial_id"].astype(str)) if len(trials) else set()
+    records = src.records(sweep, [t for t in src.pending_ids(sweep) if t not in final])
+    open_ = {t: r for t, r in records.items() if r.get("state") != "finished"}
+    running = sorted(t for t in open_ if t not in rows)
+    retrying = sorted(t for t in open_ if t in rows)
+    time_s: dict[str, float] = {}
+    if "wall_s" in trials and len(trials):
+        wall = numeric(trials["wall_s"]).fillna(0.0)
+        time_s = {str(k): float(v) for k, v in wall.groupby(status).sum().items()}
+    if running:
+        time_s["running"] = float(sum(float(open_[t].get("wall_s") or 0.0) for t in running))
+    driver = src.driver(sweep)
+    requested = meta.get("trials") if isinstance(meta.get("trials"), int) else None
+    if driver is not None:
+        state = "running"
+    elif running or retrying or (requested and len(trials) < requested):
+        state = "interrupted"
+    else:
+        state = "finished"
+    out.update(running=len(running), time_s=time_s, state=state, driver=driver)
+    if retrying:
+        out["retrying"] = retrying
+    notes = out["notes"]
+    if state == "running":
+        notes.append(
+            f"the sweep is running (driver {driver['host']} pid {driver['pid']}, heartbeat "
+            f"{driver['heartbeat_age_s']:.0f} s ago): {len(running)} trials in flight; these figures are provisional"
+        )
+    elif state == "interrupted":
+        what = f"{len(running)} started trials have no final row" if running else ""
+        if retrying:
+            what += (", " if what else "") + f"{len(retrying)} errored trials were being retried"
+        if requested and len(trials) < requested:
+            what += (", " if what else "") + f"{len(trials)} of {requested} requested trials finished"
+        notes.append(
+            f"the sweep was interrupted ({what}) and no driver is running it: these figures cover the "
+            "finished trials; run the sweep again with --resume to finish it"
+        )
+
+
+def _row(r: pd.Series, cols: list[str]) -> dict[str, Any]:
+    return {c: _plain(r.get(c)) for c in cols if c in r}
+
+
+def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
+    """Counts, state, best trials and the paper baseline of one sweep, as plain data.
+
+    ``ranked`` is how many trials could be ranked (completed, with a finite objective);
+    ``notes`` say what is missing and what to do (e.g. no trial reported the objective).
+    """
+    trials = src.trials(sweep)
+    notes: list[str] = []
+    meta = read_meta(src, sweep, notes)
+    metrics, modes = objectives(meta, sweep, trials, notes)
+    out: dict[str, Any] = {
+        "sweep": sweep,
+        "trials": len(trials),
+        "requested": meta.get("trials"),
+        "status": status_of(trials).value_counts().to_dict() if len(trials) else {},
+        "metrics": metrics,
+        "modes": modes,
+        "ranked": 0,
+        "notes": notes,
+    }
+    _progress(src, sweep, trials, meta, out)
+    if not len(trials):
+        notes.append(f"no readable trial rows in trials/sweep={sweep}")
+        return out
+    space = space_of(meta, trials)
+    out["space"] = space
+    main, mode = (metrics[0], modes[0]) if metrics else ("", "max")
+    order = ranked(trials, main, mode) if metrics else trials.iloc[:0]
+    out["ranked"] = len(order)
+    if not len(order):
+        notes.append(_why_unranked(trials, sweep, metrics, meta))
+    missing = [m for m in metrics[1:] if m not in trials]
+    if missing and metrics[0] in trials:
+        notes.append(f"no trial reported {', '.join(missing)} (an objective in meta/sweep={sweep}/sweep.json)")
+    if not metrics:
+        return out
+    cols = ["trial_id", *metrics, *space, "wall_s"]
+    best = order.head(top)
+    paper_ids = meta.get("paper_trial_ids") or []
+    paper_ids = [str(p) for p in paper_ids] if isinstance(paper_ids, list) else []
+    paper = trials[trials["trial_id"].astype(str).isin(paper_ids)] if "trial_id" in trials else trials.iloc[:0]
+    median = order.iloc[[len(order) // 2]] if len(order) else order
+    shown = pd.concat([best, paper, median]).drop_duplicates("trial_id")
+    ivs = {m: intervals(src, sweep, shown, m) for m in metrics if m in trials}
+
+    def with_ci(r: pd.Series, base: list[str]) -> dict[str, Any]:
+        row = _row(r, base)
+        for m, by_id in ivs.items():
+            iv = by_id.get(str(r["trial_id"]), Interval())
+            row[f"{m}_ci"] = [_plain(iv.lo), _plain(iv.hi)] if iv.known else None
+            row[f"{m}_n"] = iv.n
+            row[f"{m}_ci_method"] = iv.method
+        return row
+
+    out["best"] = [with_ci(r, cols) for _, r in best.iterrows()]
+    if len(median):
+        out["median"] = with_ci(median.iloc[0], cols)
+    if not any(iv.known for by_id in ivs.values() for iv in by_id.values()) and len(order):
+        notes.append(
+            "n unknown: the trials report neither eval_n nor per-sample values, so no objective has an "
+            "interval and no difference can be called significant"
+        )
+    if len(paper):
+        p = paper.iloc[0]
+        out["paper"] = with_ci(p, ["trial_id", "status", *metrics, *space, "wall_s"])
+        p_val = numeric(pd.Series([p.get(main)])).iloc[0]
+        if len(order) and p.get("status") == "completed" and math.isfinite(p_val):
+            b = order.iloc[0]
+            b_val = float(b[main])
+            out["best_minus_paper"] = b_val - p_val if mode == "max" else p_val - b_val
+            if str(b["trial_id"]) == str(p["trial_id"]):
+                out["verdict"] = {"significant": False, "text": "the paper configuration is the best trial"}
+            else:
+                iv = ivs.get(main, {})
+                out["verdict"] = compare_values(
+                    ("best", b_val, iv.get(str(b["trial_id"]), Interval())),
+                    ("the paper configuration", p_val, iv.get(str(p["trial_id"]), Interval())),
+                    main,
+                    mode,
+                )
+                if out["verdict"]["significant"]:
+                    out["verdict"]["text"] += (
+                        f" (the best of {len(order)} trials is picked on this same evaluation, so its value "
+                        "is optimistic: confirm it on fresh samples)"
+                    )
+        elif p.get("status") != "completed":
+            notes.append(f"the paper configuration ({p['trial_id']}) ended {p.get('status')}: nothing to compare")
+    elif paper_ids:
+        notes.append("the paper configuration has no trial row yet")
+    out["importance"] = importances(trials, space, main, mode)
+    if len(metrics) > 1:
+        front = src.table("pareto", sweep)
+        out["pareto"] = [{c: _plain(v) for c, v in r.items() if c != "sweep"} for _, r in front.iterrows()]
+    return out
