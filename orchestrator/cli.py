@@ -56,16 +56,40 @@ def _bench_run(args: argparse.Namespace) -> int:
 def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="storage root of the results: a directory, s3://... or gs://...")
     parser.add_argument("--name", default=None, help="one sweep (default: every sweep under PATH)")
-    parser.add_argument("--out", default=None, help="directory for the PNG plots (default: analysis/<sweep>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="directory for the PNG plots and the HTML report (default: PATH/analysis/<sweep> for a "
+        "local PATH, ./analysis/<sweep> for object storage)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    parser.add_argument(
+        "--sql",
+        metavar="QUERY",
+        default=None,
+        help="run a DuckDB SQL query over the views trials, steps and traces (each with a sweep "
+        "column; --name restricts them to one sweep) and print its rows",
+    )
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), default=None, help="two sweeps under PATH side by side"
+    )
 
 
 def _analyze_run(args: argparse.Namespace) -> int:
     from orchestrator import analyze
 
+    if args.sql is not None and args.compare is not None:
+        raise UsageError("--sql and --compare cannot be combined")
     try:  # 0, or 1 when no sweep has a trial to rank (its notes say why)
-        return analyze.run(args.path, args.name, args.out, args.json, plots=not args.no_plots)
+        if args.sql is not None:
+            return analyze.sql(args.path, args.name, args.sql, args.json)
+        if args.compare is not None:
+            return analyze.compare(args.path, *args.compare, args.json)
+        return analyze.run(
+            args.path, args.name, args.out, args.json, plots=not args.no_plots, report=not args.no_report
+        )
     except analyze.AnalyzeError as err:  # nothing to analyse: no such path or sweep, no readable row
         raise UsageError(str(err)) from None
     except (OSError, ValueError) as err:  # e.g. an object store that refuses access
@@ -108,7 +132,11 @@ COMMANDS: dict[str, Command] = {
         _bench_arguments,
         _bench_run,
     ),
-    "analyze": Command("tables and plots from a sweep's Parquet results", _analyze_arguments, _analyze_run),
+    "analyze": Command(
+        "a sweep's results: tables with 95% intervals, plots, an HTML report; --sql, --compare",
+        _analyze_arguments,
+        _analyze_run,
+    ),
     "sweep": Command("run a sweep (same as python sweeps/<script>.py ...)", _sweep_arguments, _sweep_run),
 }
 

@@ -180,13 +180,13 @@ def sql(path: str, name: str | None, query: str, as_json: bool) -> int:
     lowered = query.lower()
     tables = [t for t in ("trials", "steps", "traces") if t in lowered]  # build only what is used
     con = src.connect(sweeps, tables)
+    import duckdb  # connect() checked that it is there
+
     try:
         result = con.execute(query)
         names = [d[0] for d in result.description] if result.description else []
         rows = result.fetchall()
-    except Exception as exc:  # duckdb's errors share no base class we can name without importing it
-        if type(exc).__module__.split(".")[0] != "duckdb":
-            raise
+    except duckdb.Error as exc:
         raise AnalyzeError(f"--sql: {reason(exc)} (views: trials, steps, traces)") from None
     finally:
         _report_skipped(src, path)

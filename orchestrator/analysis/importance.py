@@ -79,13 +79,31 @@ def _study(rows: pd.DataFrame, space: dict[str, dict[str, Any]], values: np.ndar
     return study
 
 
-def _ped_anova(study, quantile: float) -> dict[str, float]:
-    import optuna
+def _importance_module():
+    """``optuna.importance``, imported without scikit-learn when that is not loaded yet: the
+    package imports it (about 4 s on two busy cores) for fANOVA only, inside Optuna's
+    ``try_import``, so hiding it just leaves fANOVA unavailable in this process; PED-ANOVA
+    needs none of it."""
+    import sys
 
-    ev = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
+    if "optuna.importance" in sys.modules or "sklearn" in sys.modules:
+        import optuna.importance
+
+        return optuna.importance
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # import sklearn -> ImportError
+    try:
+        import optuna.importance
+    finally:
+        del sys.modules["sklearn"]
+    return optuna.importance
+
+
+def _ped_anova(study, quantile: float) -> dict[str, float]:
+    importance = _importance_module()
+    ev = importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        imp = optuna.importance.get_param_importances(study, evaluator=ev)
+        imp = importance.get_param_importances(study, evaluator=ev)
     return {k: round(float(v), 4) for k, v in imp.items()}
 
 

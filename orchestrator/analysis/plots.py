@@ -99,14 +99,17 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
     if not pairs:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs) + 1, 4.4), squeeze=False, layout="constrained")
     mesh = None
+    size = 12 if len(trials) <= 200 else 5
     for ax, (x, y) in zip(axes[0], pairs, strict=True):
         g = divergence_grid(trials, x, y, space)
         mesh = ax.pcolormesh(g["x_edges"], g["y_edges"], g["rate"].T, cmap="RdYlGn_r", vmin=0, vmax=1, alpha=0.75)
         xs, ys, bad = g["points"]
-        ax.scatter(xs[~bad], ys[~bad], s=10, c="black", marker="o", label="finished", alpha=0.7)
-        ax.scatter(xs[bad], ys[bad], s=22, c="darkred", marker="x", label="diverged")
+        ax.scatter(xs[~bad], ys[~bad], s=size, c="black", marker="o", label="finished", alpha=0.6, lw=0)
+        ax.scatter(xs[bad], ys[bad], s=2 * size, c="darkred", marker="x", label="diverged", lw=1)
         if len(g["x_edges"]) <= 9:
             for i in range(len(g["x_edges"]) - 1):
                 for j in range(len(g["y_edges"]) - 1):
@@ -115,13 +118,15 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
                         cy = _mid(g["y_edges"], j, _log(space.get(y, {})))
                         ax.text(cx, cy, f"{int(g['diverged'][i, j])}/{int(g['count'][i, j])}",
                                 ha="center", va="center", fontsize=6, color="0.15")
-        if _log(space.get(x, {})):
-            ax.set_xscale("log")
-        if _log(space.get(y, {})):
-            ax.set_yscale("log")
+        for name, axis, setter in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
+            if _log(space.get(name, {})):
+                setter("log")
+                axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FormatStrFormatter("%g"))
+                axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(x)
         ax.set_ylabel(y)
-        ax.set_title(f"diverged / finished over ({x}, {y})", fontsize=9)
+        ax.set_title(f"cells: diverged/finished trials over ({x}, {y})", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
     fig.colorbar(mesh, ax=axes[0].tolist(), label="fraction diverged", shrink=0.9)
     fig.suptitle(f"{sweep}: where trials diverge")
@@ -152,13 +157,13 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     xs = np.arange(len(names) + 1)
     done = (status == "completed").to_numpy() & np.isfinite(norm[:, -1])
     bad = (status == "diverged").to_numpy()
-    seg_bad = [np.column_stack([xs[:-1], r[:-1]]) for r in norm[bad]]
-    ax.add_collection(LineCollection(seg_bad, colors="tab:red", linewidths=0.6, alpha=0.35, label="diverged"))
     order = np.argsort(norm[done, -1] if mode == "max" else -norm[done, -1])
     lines = LineCollection([np.column_stack([xs, r]) for r in norm[done][order]], cmap="viridis", linewidths=1.0)
     score = norm[done][order][:, -1]
     lines.set_array(score if mode == "max" else 1 - score)
     ax.add_collection(lines)
+    seg_bad = [np.column_stack([xs[:-1], r[:-1]]) for r in norm[bad]]
+    ax.add_collection(LineCollection(seg_bad, colors="tab:red", linewidths=0.7, alpha=0.5, label="diverged", zorder=3))
     ax.set_xticks(xs, [*(f"log10 {n}" if _log(space.get(n, {})) else n for n in names), main])
     for x in xs:
         ax.axvline(x, color="0.6", lw=0.6)

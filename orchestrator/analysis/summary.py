@@ -198,7 +198,8 @@ def compare_values(
     significant when it is not."""
     (la, va, ia), (lb, vb, ib) = a, b
     diff = va - vb if mode == "max" else vb - va
-    out: dict[str, Any] = {"difference": _plain(diff), "significant": None}
+    diff = float(diff)
+    out: dict[str, Any] = {"difference": diff, "significant": None}
     head = f"{la} - {lb} = {diff:+.4g} ({metric}{', lower is better' if mode == 'min' else ''})"
     if not (ia.known and ib.known):
         missing = [lab for lab, iv in ((la, ia), (lb, ib)) if not iv.known]
@@ -209,7 +210,7 @@ def compare_values(
         return out
     ci = f"95% intervals [{ia.lo:.4g}, {ia.hi:.4g}] and [{ib.lo:.4g}, {ib.hi:.4g}]"
     if separated((ia.lo, ia.hi), (ib.lo, ib.hi)):
-        out["significant"] = diff > 0
+        out["significant"] = bool(diff > 0)
         verb = "beats" if diff > 0 else "is worse than"
         out["text"] = f"{la} {verb} {lb} by {diff:+.4g} ({metric}): {ci} do not overlap"
         return out

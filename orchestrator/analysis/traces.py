@@ -8,8 +8,6 @@ only the columns drawn: a sweep of millions of trace rows costs a few files here
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
@@ -67,7 +65,7 @@ def last_traces(src: Source, sweep: str, trial_ids: list[str]) -> dict[str, pd.D
     traces = src.rows("traces", sweep, trial_ids, ["residual", "objective"])
     if not {"trial_id", "step", "iteration", "residual"} <= set(traces.columns):
         return {}
-    steps = src.rows("steps", sweep, trial_ids, ["solve_s", "solver_iterations"])
+    steps = src.rows("steps", sweep, trial_ids, ["solve_s"])
     out = {}
     for tid in trial_ids:
         t = traces[traces["trial_id"].astype(str) == tid]
@@ -78,6 +76,8 @@ def last_traces(src: Source, sweep: str, trial_ids: list[str]) -> dict[str, pd.D
         seconds = np.nan
         if "solve_s" in steps:
             s = steps[(steps["trial_id"].astype(str) == tid) & (steps["step"] == step)]
+            if "phase" in s and (s["phase"] != "eval").any():  # the step that ran the traced solve
+                s = s[s["phase"] != "eval"]
             vals = numeric(s["solve_s"]).dropna() if len(s) else pd.Series(dtype=float)
             seconds = float(vals.iloc[-1]) if len(vals) else np.nan
         iters = numeric(t["iteration"]).to_numpy()
@@ -120,10 +120,3 @@ def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> 
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-traces.png")
 
-
-def describe(found: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Final residual and iterations of each trace (for the report's table)."""
-    return {
-        tid: {"iterations": int(t["iteration"].max()), "final_residual": float(numeric(t["residual"]).iloc[-1])}
-        for tid, t in found.items()
-    }
