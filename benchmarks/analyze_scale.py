@@ -60,9 +60,19 @@ def generate(root: str, trials: int, epochs: int, steps: int, traced: int, iters
         "alpha_x": {"kind": "loguniform", "low": 0.05, "high": 2.0, "choices": []},
     }
     ids = [f"{i:012x}" for i in range(trials)]
-    meta = {"name": SWEEP, "kind": "train", "metrics": ["robust_acc"], "modes": ["max"], "space": space,
-            "fixed": {"task": "adversarial"}, "data": {"dataset": "digits"}, "trials": trials, "seed": 0,
-            "paper_trial_ids": [ids[0]], "created_at": time.time()}
+    meta = {
+        "name": SWEEP,
+        "kind": "train",
+        "metrics": ["robust_acc"],
+        "modes": ["max"],
+        "space": space,
+        "fixed": {"task": "adversarial"},
+        "data": {"dataset": "digits"},
+        "trials": trials,
+        "seed": 0,
+        "paper_trial_ids": [ids[0]],
+        "created_at": time.time(),
+    }
     with open(f"{dirs['meta']}/sweep.json", "w") as f:
         json.dump(meta, f)
     n_files = 1
@@ -75,25 +85,65 @@ def generate(root: str, trials: int, epochs: int, steps: int, traced: int, iters
         diverged = p["alpha_x"] * p["alpha_z"] > 0.9
         acc = float(np.clip(0.55 - 0.3 * abs(np.log(p["alpha_x"] / 0.5)) + rng.normal(0, 0.02), 0, 1))
         eval_n = 1000
-        row = {"trial_id": tid, "status": "diverged" if diverged else "completed", **p, "task": "adversarial",
-               "dataset": "digits", "seed": 0, "mode": "jiio", "solver": "anderson", "anderson_m": 10,
-               "max_iter": iters, "tol": 1e-4, "epochs": epochs, "batch_size": 64, "lr": 5e-3,
-               "robust_acc": None if diverged else round(acc * eval_n) / eval_n, "eval_n": eval_n,
-               "clean_acc": None if diverged else min(1.0, acc + 0.3), "loss": float(rng.uniform(0.2, 2)),
-               "wall_s": float(rng.uniform(30, 300)), "attempts": 1, "started_at": time.time(),
-               "finished_at": time.time() + i, "error": None, "torch": "2.x", "ray": "2.x",
-               "git_sha": "0" * 40, "device": "cpu", "steps": epochs * steps}
+        row = {
+            "trial_id": tid,
+            "status": "diverged" if diverged else "completed",
+            **p,
+            "task": "adversarial",
+            "dataset": "digits",
+            "seed": 0,
+            "mode": "jiio",
+            "solver": "anderson",
+            "anderson_m": 10,
+            "max_iter": iters,
+            "tol": 1e-4,
+            "epochs": epochs,
+            "batch_size": 64,
+            "lr": 5e-3,
+            "robust_acc": None if diverged else round(acc * eval_n) / eval_n,
+            "eval_n": eval_n,
+            "clean_acc": None if diverged else min(1.0, acc + 0.3),
+            "loss": float(rng.uniform(0.2, 2)),
+            "wall_s": float(rng.uniform(30, 300)),
+            "attempts": 1,
+            "started_at": time.time(),
+            "finished_at": time.time() + i,
+            "error": None,
+            "torch": "2.x",
+            "ray": "2.x",
+            "git_sha": "0" * 40,
+            "device": "cpu",
+            "steps": epochs * steps,
+        }
         pq.write_table(pa.Table.from_pylist([row]), f"{dirs['trials']}/{tid}.parquet")
         total["trials"] += 1
         with open(f"{dirs['pending']}/{tid}.json", "w") as f:
-            json.dump({"params": p, "trial_id": tid, "state": "finished", "attempts": 1, "wall_s": row["wall_s"]}, f)
+            json.dump(
+                {"params": p, "trial_id": tid, "state": "finished", "attempts": 1, "wall_s": row["wall_s"]}, f
+            )
         for e in range(1, epochs + 1):
             s0 = (e - 1) * steps
             step = np.arange(s0 + 1, s0 + steps + 1)
-            cols = {"trial_id": [tid] * (steps + 1), "step": np.append(step, s0 + steps),
-                    "epoch": np.full(steps + 1, e - 1), "phase": ["train"] * steps + ["eval"]}
-            for name in ("loss", "train_acc", "lr", "solver_iterations", "solver_converged", "solver_diverged",
-                         "solver_residual", "solve_s", "step_s", "attack_s", "jac_penalty", "inner_loss"):
+            cols = {
+                "trial_id": [tid] * (steps + 1),
+                "step": np.append(step, s0 + steps),
+                "epoch": np.full(steps + 1, e - 1),
+                "phase": ["train"] * steps + ["eval"],
+            }
+            for name in (
+                "loss",
+                "train_acc",
+                "lr",
+                "solver_iterations",
+                "solver_converged",
+                "solver_diverged",
+                "solver_residual",
+                "solve_s",
+                "step_s",
+                "attack_s",
+                "jac_penalty",
+                "inner_loss",
+            ):
                 cols[name] = rng.uniform(0, 1, steps + 1)
             cols["robust_acc"] = np.append(np.full(steps, np.nan), acc)
             cols["eval_n"] = np.append(np.zeros(steps, dtype=np.int64), eval_n)
@@ -101,9 +151,16 @@ def generate(root: str, trials: int, epochs: int, steps: int, traced: int, iters
             it = np.tile(np.arange(1, iters + 1), traced)
             tstep = np.repeat(s0 + per_epoch * np.arange(1, traced + 1), iters)
             decay = np.exp(-it * (0.02 if diverged else 0.08)) * rng.uniform(0.5, 2, traced * iters)
-            tr = {"trial_id": [tid] * (traced * iters), "step": tstep, "iteration": it,
-                  "z_residual": decay * 1.1, "mu_residual": decay * 0.9, "x_step": decay * 0.5,
-                  "residual": decay, "objective": -2.0 - np.log1p(it) + rng.normal(0, 0.01, traced * iters)}
+            tr = {
+                "trial_id": [tid] * (traced * iters),
+                "step": tstep,
+                "iteration": it,
+                "z_residual": decay * 1.1,
+                "mu_residual": decay * 0.9,
+                "x_step": decay * 0.5,
+                "residual": decay,
+                "objective": -2.0 - np.log1p(it) + rng.normal(0, 0.01, traced * iters),
+            }
             pq.write_table(pa.table(tr), f"{dirs['traces']}/{tid}-e{e:04d}.parquet")
             total["steps"] += steps + 1
             total["traces"] += traced * iters
@@ -127,8 +184,12 @@ def _measure(kind: str, root: str, out: str, rev: str | None) -> None:
         if kind == "baseline":
             import importlib.util
 
-            src = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:orchestrator/analyze.py"],
-                                 capture_output=True, text=True, check=True).stdout
+            src = subprocess.run(
+                ["git", "-C", ROOT, "show", f"{rev}:orchestrator/analyze.py"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             path = os.path.join(out, "_baseline_analyze.py")
             with open(path, "w") as f:
                 f.write(src)
@@ -171,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traced", type=int, default=10, help="traced steps per epoch")
     ap.add_argument("--iters", type=int, default=100, help="solver iterations per trace")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--root", default=None, help="an existing generated sweep (default: generate one in a temp dir)")
+    ap.add_argument(
+        "--root", default=None, help="an existing generated sweep (default: generate one in a temp dir)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated sweep")
-    ap.add_argument("--baseline-rev", default=None, help="also time orchestrator/analyze.py at this git revision")
+    ap.add_argument(
+        "--baseline-rev", default=None, help="also time orchestrator/analyze.py at this git revision"
+    )
     ap.add_argument("--json", default=None, help="write every figure to this file")
     ap.add_argument("--measure", choices=("plain", "analyze", "baseline"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -198,17 +263,24 @@ def main(argv: list[str] | None = None) -> int:
             for k in kinds:
                 figs[k].append(_child(k, root, out, args.baseline_rev))
                 f = figs[k][-1]
-                print(f"rep {rep + 1} {k:9s} wall {f['wall_s']:7.2f} s  process {f['process_s']:7.2f} s  "
-                      f"peak {f['peak_mb']:7.0f} MB", flush=True)
-        med = {k: {m: statistics.median(f[m] for f in v) for m in ("wall_s", "process_s", "peak_mb")}
-               for k, v in figs.items()}
+                print(
+                    f"rep {rep + 1} {k:9s} wall {f['wall_s']:7.2f} s  process {f['process_s']:7.2f} s  "
+                    f"peak {f['peak_mb']:7.0f} MB",
+                    flush=True,
+                )
+        med = {
+            k: {m: statistics.median(f[m] for f in v) for m in ("wall_s", "process_s", "peak_mb")}
+            for k, v in figs.items()
+        }
         print(f"\nmedians of {args.reps} (warm page cache; {os.cpu_count()} CPUs):")
         print(f"{'':10s} {'wall s':>8s} {'process s':>10s} {'peak MB':>8s}")
         for k, m in med.items():
             print(f"{k:10s} {m['wall_s']:8.2f} {m['process_s']:10.2f} {m['peak_mb']:8.0f}")
         ratio = med["analyze"]["wall_s"] / med["plain"]["wall_s"]
-        print(f"analyze / plain read: {ratio:.2f} (target <= 0.5); analyze peak "
-              f"{med['analyze']['peak_mb']:.0f} MB (target < 1536)")
+        print(
+            f"analyze / plain read: {ratio:.2f} (target <= 0.5); analyze peak "
+            f"{med['analyze']['peak_mb']:.0f} MB (target < 1536)"
+        )
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "sizes": sizes, "runs": figs, "medians": med}, f, indent=1)

@@ -52,7 +52,8 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     elif ma != mb or a["modes"][0] != b["modes"][0]:
         out["verdict"] = {
             "significant": None,
-            "text": f"the sweeps optimise different objectives ({ma}, {mb}): their best values are not compared",
+            "text": f"the sweeps optimise different objectives ({ma}, {mb}): their best values are "
+            "not compared",
         }
     else:
         ba, bb = a["best"][0], b["best"][0]

@@ -294,9 +294,14 @@ def _unify(schemas: list[pa.Schema]) -> pa.Schema:
                 fields[f.name] = f.type
                 continue
             try:
-                fields[f.name] = pa.unify_schemas(
-                    [pa.schema([(f.name, old)]), pa.schema([(f.name, f.type)])], promote_options="permissive"
-                ).field(f.name).type
+                fields[f.name] = (
+                    pa.unify_schemas(
+                        [pa.schema([(f.name, old)]), pa.schema([(f.name, f.type)])],
+                        promote_options="permissive",
+                    )
+                    .field(f.name)
+                    .type
+                )
             except (pa.ArrowException, TypeError):
                 fields[f.name] = pa.string()
     return pa.schema(list(fields.items()))

@@ -29,7 +29,9 @@ def _distribution(name: str, dim: dict[str, Any], values: pd.Series):
     kind = dim.get("kind")
     num = pd.to_numeric(values, errors="coerce")
     if kind == "choice" and dim.get("choices"):
-        return CategoricalDistribution([c if isinstance(c, (int, float, str, bool)) else str(c) for c in dim["choices"]])
+        return CategoricalDistribution(
+            [c if isinstance(c, (int, float, str, bool)) else str(c) for c in dim["choices"]]
+        )
     if kind not in ("uniform", "loguniform", "int") and (num.isna() & values.notna()).any():
         return CategoricalDistribution(sorted({str(v) for v in values.dropna()}))
     finite = num[np.isfinite(num)]
@@ -39,7 +41,7 @@ def _distribution(name: str, dim: dict[str, Any], values: pd.Series):
     if not high > low:
         return None
     if kind == "int":
-        return IntDistribution(int(math.floor(low)), int(math.ceil(high)))
+        return IntDistribution(math.floor(low), math.ceil(high))
     return FloatDistribution(low, high, log=kind == "loguniform" and low > 0)
 
 
@@ -115,7 +117,9 @@ def importances(
     out: dict[str, Any] = {"objective": {}, "divergence": {}, "notes": []}
     if not space or not len(trials):
         return out
-    status = trials["status"] if "status" in trials else pd.Series(["unknown"] * len(trials), index=trials.index)
+    status = (
+        trials["status"] if "status" in trials else pd.Series(["unknown"] * len(trials), index=trials.index)
+    )
     if main and main in trials:
         done = trials[status == "completed"]
         vals = pd.to_numeric(done[main], errors="coerce").to_numpy(dtype=float)
@@ -160,8 +164,16 @@ def divergence_grid(
     edges = []
     for name, v in ((x, xs), (y, ys)):
         dim = space.get(name, {})
-        lo = float(dim["low"]) if isinstance(dim.get("low"), (int, float)) and dim.get("kind") else (v.min() if v.size else 0.0)
-        hi = float(dim["high"]) if isinstance(dim.get("high"), (int, float)) and dim.get("kind") else (v.max() if v.size else 1.0)
+        lo = (
+            float(dim["low"])
+            if isinstance(dim.get("low"), (int, float)) and dim.get("kind")
+            else (v.min() if v.size else 0.0)
+        )
+        hi = (
+            float(dim["high"])
+            if isinstance(dim.get("high"), (int, float)) and dim.get("kind")
+            else (v.max() if v.size else 1.0)
+        )
         if v.size:
             lo, hi = min(lo, v.min()), max(hi, v.max())
         if not hi > lo:

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from orchestrator.analysis.engine import Source
 from orchestrator.analysis.importance import divergence_grid
@@ -44,27 +43,63 @@ def _log(dim: dict[str, Any]) -> bool:
     return dim.get("kind") == "loguniform"
 
 
+def _log_axis(axis) -> None:
+    """Ticks of a log axis as plain numbers at 1, 2, 5 x 10^k (no crowded minor labels)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _params(trials, sweep, main, space, out_dir) -> str:
     plt = _plt()
     status = status_of(trials)
     n = len(space)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, n, figsize=(4 * n + 1.2, 3.6), squeeze=False, sharey=True, layout="constrained"
+    )
     eval_n = numeric(trials["eval_n"]) if "eval_n" in trials else None
     for ax, (name, dim) in zip(axes[0], space.items(), strict=True):
+        vals = trials[main]
+        floor = float(vals.min() - 0.05 * (vals.max() - vals.min() or 1.0)) if vals.notna().any() else 0.0
         for st, grp in trials.groupby(status):
-            ax.scatter(grp[name], grp[main], s=16, c=COLORS.get(st, "tab:green"), label=st, alpha=0.8)
+            has = grp[main].notna()
+            if has.any():
+                ax.scatter(
+                    grp.loc[has, name],
+                    grp.loc[has, main],
+                    s=16,
+                    c=COLORS.get(st, "tab:green"),
+                    label=st,
+                    alpha=0.8,
+                )
+            if (~has).any():  # no value (diverged, failed): drawn below the others
+                ax.scatter(
+                    grp.loc[~has, name],
+                    [floor] * int((~has).sum()),
+                    s=18,
+                    marker="x",
+                    c=COLORS.get(st, "tab:green"),
+                    label=f"{st}, no value (at the bottom)",
+                )
         if eval_n is not None:  # Wilson intervals where the trial says on how many samples
-            ok = trials[(status == "completed") & eval_n.notna() & trials[main].between(0, 1)]
-            for _, r in ok.iterrows():
-                lo, hi = wilson_for(float(r[main]), int(eval_n[r.name]))
-                ax.plot([r[name], r[name]], [lo, hi], color="tab:blue", lw=0.8, alpha=0.5)
+            ok = (status == "completed") & eval_n.notna() & trials[main].between(0, 1)
+            bars = [
+                wilson_for(float(v), int(k)) for v, k in zip(trials.loc[ok, main], eval_n[ok], strict=True)
+            ]
+            if bars:
+                lo, hi = np.array(bars).T
+                ax.vlines(trials.loc[ok, name], lo, hi, color="tab:blue", lw=0.8, alpha=0.5)
         if _log(dim):
             ax.set_xscale("log")
+            _log_axis(ax.xaxis)
         ax.set_xlabel(name)
     axes[0][0].set_ylabel(main)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{sweep}: {main} against each parameter" + (" (bars: 95% Wilson)" if eval_n is not None else ""))
-    fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="outside right upper")
+    fig.suptitle(
+        f"{sweep}: {main} against each parameter" + (" (bars: 95% Wilson)" if eval_n is not None else "")
+    )
     return save(fig, out_dir, f"{sweep}-params.png")
 
 
@@ -79,7 +114,7 @@ def _progress(trials, sweep, main, mode, out_dir) -> str:
     ax.plot(range(1, len(best) + 1), best, "-", lw=2, label="best so far")
     ax.set_xlabel("trial (by finish order)")
     ax.set_ylabel(main)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right" if mode == "max" else "upper right")
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-progress.png")
 
@@ -99,14 +134,16 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
     if not pairs:
         return None
     plt = _plt()
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs) + 1, 4.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(pairs), figsize=(5.6 * len(pairs) + 1, 4.4), squeeze=False, layout="constrained"
+    )
     mesh = None
     size = 12 if len(trials) <= 200 else 5
     for ax, (x, y) in zip(axes[0], pairs, strict=True):
         g = divergence_grid(trials, x, y, space)
-        mesh = ax.pcolormesh(g["x_edges"], g["y_edges"], g["rate"].T, cmap="RdYlGn_r", vmin=0, vmax=1, alpha=0.75)
+        mesh = ax.pcolormesh(
+            g["x_edges"], g["y_edges"], g["rate"].T, cmap="RdYlGn_r", vmin=0, vmax=1, alpha=0.75
+        )
         xs, ys, bad = g["points"]
         ax.scatter(xs[~bad], ys[~bad], s=size, c="black", marker="o", label="finished", alpha=0.6, lw=0)
         ax.scatter(xs[bad], ys[bad], s=2 * size, c="darkred", marker="x", label="diverged", lw=1)
@@ -116,14 +153,19 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
                     if g["count"][i, j]:
                         cx = _mid(g["x_edges"], i, _log(space.get(x, {})))
                         cy = _mid(g["y_edges"], j, _log(space.get(y, {})))
-                        ax.text(cx, cy, f"{int(g['diverged'][i, j])}/{int(g['count'][i, j])}",
-                                ha="center", va="center", fontsize=6, color="0.15")
+                        ax.text(
+                            cx,
+                            cy,
+                            f"{int(g['diverged'][i, j])}/{int(g['count'][i, j])}",
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color="0.15",
+                        )
         for name, axis, setter in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
             if _log(space.get(name, {})):
                 setter("log")
-                axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(FormatStrFormatter("%g"))
-                axis.set_minor_formatter(NullFormatter())
+                _log_axis(axis)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.set_title(f"cells: diverged/finished trials over ({x}, {y})", fontsize=9)
@@ -158,12 +200,16 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     done = (status == "completed").to_numpy() & np.isfinite(norm[:, -1])
     bad = (status == "diverged").to_numpy()
     order = np.argsort(norm[done, -1] if mode == "max" else -norm[done, -1])
-    lines = LineCollection([np.column_stack([xs, r]) for r in norm[done][order]], cmap="viridis", linewidths=1.0)
+    lines = LineCollection(
+        [np.column_stack([xs, r]) for r in norm[done][order]], cmap="viridis", linewidths=1.0
+    )
     score = norm[done][order][:, -1]
     lines.set_array(score if mode == "max" else 1 - score)
     ax.add_collection(lines)
     seg_bad = [np.column_stack([xs[:-1], r[:-1]]) for r in norm[bad]]
-    ax.add_collection(LineCollection(seg_bad, colors="tab:red", linewidths=0.7, alpha=0.5, label="diverged", zorder=3))
+    ax.add_collection(
+        LineCollection(seg_bad, colors="tab:red", linewidths=0.7, alpha=0.5, label="diverged", zorder=3)
+    )
     ax.set_xticks(xs, [*(f"log10 {n}" if _log(space.get(n, {})) else n for n in names), main])
     for x in xs:
         ax.axvline(x, color="0.6", lw=0.6)
@@ -179,11 +225,15 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
 
 def _importance(summary, sweep, out_dir) -> str | None:
     imp = summary.get("importance") or {}
-    panels = [(k, v) for k, v in (("objective", imp.get("objective")), ("divergence", imp.get("divergence"))) if v]
+    panels = [
+        (k, v) for k, v in (("objective", imp.get("objective")), ("divergence", imp.get("divergence"))) if v
+    ]
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 0.5 + 0.45 * max(len(v) for _, v in panels) + 1))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.5 * len(panels), 0.5 + 0.45 * max(len(v) for _, v in panels) + 1)
+    )
     axes = np.atleast_1d(axes)
     for ax, (what, vals) in zip(axes, panels, strict=True):
         names = list(vals)[::-1]
@@ -207,7 +257,7 @@ def _pareto(src, trials, sweep, metrics, out_dir) -> str:
         ax.plot(front[metrics[1]], front[metrics[0]], "r-o", ms=4, label="Pareto front")
     ax.set_xlabel(metrics[1])
     ax.set_ylabel(metrics[0])
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-pareto.png")
 

@@ -66,7 +66,11 @@ def _header(s: dict[str, Any]) -> str:
         + (f" ({status})" if status else "")
     )
     if s.get("running"):
-        line += f", {s['running']} still running" if s.get("state") == "running" else f", {s['running']} unfinished"
+        line += (
+            f", {s['running']} still running"
+            if s.get("state") == "running"
+            else f", {s['running']} unfinished"
+        )
     return line
 
 
@@ -77,7 +81,9 @@ def summary_text(s: dict[str, Any]) -> str:
     if s.get("time_s"):
         lines.append("time: " + ", ".join(f"{k} {_hours(v)}" for k, v in sorted(s["time_s"].items())))
     if s.get("metrics"):
-        lines.append("objective: " + ", ".join(f"{m} ({mo})" for m, mo in zip(s["metrics"], s["modes"], strict=True)))
+        lines.append(
+            "objective: " + ", ".join(f"{m} ({mo})" for m, mo in zip(s["metrics"], s["modes"], strict=True))
+        )
     lines += [f"note: {n}" for n in s.get("notes", [])]
     for title, rows in (
         ("best trials", s.get("best", [])),
@@ -99,7 +105,9 @@ def summary_text(s: dict[str, Any]) -> str:
     for what in ("objective", "divergence"):
         if imp.get(what):
             label = s["metrics"][0] if what == "objective" and s.get("metrics") else what
-            lines.append(f"importance for {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in imp[what].items()))
+            lines.append(
+                f"importance for {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in imp[what].items())
+            )
     return "\n".join(lines)
 
 
@@ -124,16 +132,27 @@ def write_html(s: dict[str, Any], path: str, storage: str) -> str:
     """Write the sweep's self-contained report to ``path``; returns ``path``."""
     e = html.escape
     parts = [f"<h1>Sweep {e(s['sweep'])}</h1>", f"<p>{e(_header(s))}<br>storage: <code>{e(storage)}</code>"]
-    parts.append(f"<br>state: <b>{e(str(s.get('state', '?')))}</b>; generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>")
+    parts.append(
+        f"<br>state: <b>{e(str(s.get('state', '?')))}</b>; generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
+    )
     parts += [f"<p class=note>note: {e(n)}</p>" for n in s.get("notes", [])]
     counts = dict(s.get("status", {}))
     if s.get("running"):
         counts["running"] = s["running"]
     times = s.get("time_s", {})
     parts.append("<h2>Trials by status</h2>")
-    parts.append(_table(["status", "trials", "time"], [[k, v, _hours(times.get(k, 0.0))] for k, v in sorted(counts.items())]))
+    parts.append(
+        _table(
+            ["status", "trials", "time"],
+            [[k, v, _hours(times.get(k, 0.0))] for k, v in sorted(counts.items())],
+        )
+    )
     if s.get("metrics"):
-        parts.append("<p>objective: " + e(", ".join(f"{m} ({mo})" for m, mo in zip(s["metrics"], s["modes"], strict=True))) + "</p>")
+        parts.append(
+            "<p>objective: "
+            + e(", ".join(f"{m} ({mo})" for m, mo in zip(s["metrics"], s["modes"], strict=True)))
+            + "</p>"
+        )
     if "verdict" in s:
         parts.append(f"<p class=verdict>{e(s['verdict']['text'])}</p>")
     for title, rows in (
@@ -146,17 +165,26 @@ def write_html(s: dict[str, Any], path: str, storage: str) -> str:
     imp = s.get("importance") or {}
     for what in ("objective", "divergence"):
         if imp.get(what):
-            parts += [f"<h2>Importance for {e(what)}</h2>", _table(["parameter", "importance"], list(imp[what].items()))]
+            parts += [
+                f"<h2>Importance for {e(what)}</h2>",
+                _table(["parameter", "importance"], list(imp[what].items())),
+            ]
     if s.get("pareto"):
         cols = list(s["pareto"][0])
         parts += ["<h2>Pareto front</h2>", _table(cols, [[r.get(c) for c in cols] for r in s["pareto"]])]
     if s.get("skipped"):
-        parts += ["<h2>Unreadable files (skipped)</h2>", _table(["path", "reason"], [[x["path"], x["reason"]] for x in s["skipped"]])]
+        parts += [
+            "<h2>Unreadable files (skipped)</h2>",
+            _table(["path", "reason"], [[x["path"], x["reason"]] for x in s["skipped"]]),
+        ]
     for p in s.get("plots", []):
         with open(p, "rb") as f:
             data = base64.b64encode(f.read()).decode()
-        parts.append(f"<h3>{e(os.path.basename(p))}</h3><img alt='{e(os.path.basename(p))}' src='data:image/png;base64,{data}'>")
-    doc = f"<!doctype html><html><head><meta charset=utf-8><title>jiio analyze: {e(s['sweep'])}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+        name = e(os.path.basename(p))
+        parts.append(f"<h3>{name}</h3><img alt='{name}' src='data:image/png;base64,{data}'>")
+    title = f"<title>jiio analyze: {e(s['sweep'])}</title>"
+    head = f"<head><meta charset=utf-8>{title}<style>{_CSS}</style></head>"
+    doc = f"<!doctype html><html>{head}<body>{''.join(parts)}</body></html>"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(doc)

@@ -53,7 +53,7 @@ def plot_curves(src: Source, sweep: str, main: str, pick: dict[str, str], out_di
             ax.plot(grp["step"], grp[main], ls, marker="o", ms=3, color=color, label=f"{label} ({tid})")
     ax.set_xlabel("step")
     ax.set_ylabel(main)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="best" if len(steps) < 200 else "lower right")
     ax.set_title(f"{sweep}: {main} at each evaluation", fontsize=9)
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-curves.png")
@@ -108,15 +108,18 @@ def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> 
             axes[0][1].plot(x, numeric(t["objective"]), ls, color=color, label=name)
     axes[0][0].set_xlabel("JIIO iteration")
     axes[0][0].set_ylabel("relative residual")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="upper right")
     axes[0][0].set_title("convergence (last traced step)", fontsize=9)
     if has_obj:
         ax = axes[0][1]
-        ax.set_xlabel("wall time, ms (step's solve_s spread evenly over iterations)" if timed else "JIIO iteration")
+        ax.set_xlabel(
+            "wall time, ms (step's solve_s spread evenly over iterations)" if timed else "JIIO iteration"
+        )
         ax.set_ylabel("inner objective (minimised)")
-        ax.set_title("objective against time" if timed else "objective (no solve_s: against iteration)", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(
+            "objective against time" if timed else "objective (no solve_s: against iteration)", fontsize=9
+        )
+        ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{sweep}: best, median and paper configurations", fontsize=10)
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-traces.png")
-

@@ -35,7 +35,9 @@ def acc_of(p: dict[str, float]) -> float:
     return round(0.9 - 0.25 * abs(math.log(p["alpha_x"] / 0.4)), 4)
 
 
-def planted(root: str, sweep: str = "s", n: int = 40, eval_n: int | None = 100_000, seed: int = 0) -> ResultStore:
+def planted(
+    root: str, sweep: str = "s", n: int = 40, eval_n: int | None = 100_000, seed: int = 0
+) -> ResultStore:
     """``n`` random trials + ``best`` (the planted best) + ``paper``; trials with alpha_z >
     DIVERGE_Z diverge; steps and traces for ``best`` and ``paper``, in the per-epoch layout."""
     store = ResultStore(root)
@@ -43,7 +45,9 @@ def planted(root: str, sweep: str = "s", n: int = 40, eval_n: int | None = 100_0
     rng = np.random.default_rng(seed)
     points = {"best": BEST, "paper": PAPER}
     for i in range(n):
-        p = {k: float(math.exp(rng.uniform(math.log(d["low"]), math.log(d["high"])))) for k, d in SPACE.items()}
+        p = {
+            k: float(math.exp(rng.uniform(math.log(d["low"]), math.log(d["high"])))) for k, d in SPACE.items()
+        }
         p["alpha_x"] = min(p["alpha_x"], 1.5) if abs(math.log(p["alpha_x"] / 0.4)) > 0.05 else 1.5
         points[f"t{i:02d}"] = p
     for tid, p in points.items():
@@ -56,13 +60,37 @@ def planted(root: str, sweep: str = "s", n: int = 40, eval_n: int | None = 100_0
         store.write("trials", sweep, tid, [row])
     for tid in ("best", "paper"):
         for e in (1, 2):
-            rows = [{"trial_id": tid, "step": 10 * e - 5 + k, "epoch": e - 1, "phase": "train", "loss": 1.0 / e,
-                     "solve_s": 0.2} for k in range(5)]
-            rows.append({"trial_id": tid, "step": 10 * e, "epoch": e - 1, "phase": "eval",
-                         "robust_acc": 0.9 if e == 1 else store_acc(points[tid], tid)})
+            rows = [
+                {
+                    "trial_id": tid,
+                    "step": 10 * e - 5 + k,
+                    "epoch": e - 1,
+                    "phase": "train",
+                    "loss": 1.0 / e,
+                    "solve_s": 0.2,
+                }
+                for k in range(5)
+            ]
+            rows.append(
+                {
+                    "trial_id": tid,
+                    "step": 10 * e,
+                    "epoch": e - 1,
+                    "phase": "eval",
+                    "robust_acc": 0.9 if e == 1 else store_acc(points[tid], tid),
+                }
+            )
             store.write("steps", sweep, f"{tid}-e{e:04d}", rows)
-            traces = [{"trial_id": tid, "step": 10 * e - 1, "iteration": i, "residual": 0.5**i,
-                       "objective": -1.0 - i / 10} for i in range(1, 21)]
+            traces = [
+                {
+                    "trial_id": tid,
+                    "step": 10 * e - 1,
+                    "iteration": i,
+                    "residual": 0.5**i,
+                    "objective": -1.0 - i / 10,
+                }
+                for i in range(1, 21)
+            ]
             store.write("traces", sweep, f"{tid}-e{e:04d}", traces)
     return store
 
@@ -71,7 +99,9 @@ def store_acc(p: dict[str, float], tid: str) -> float:
     return 0.95 if tid == "best" else acc_of(p)
 
 
-def pair(root: str, sweep: str, best: float, paper: float, eval_n: int | None, samples: tuple | None = None) -> ResultStore:
+def pair(
+    root: str, sweep: str, best: float, paper: float, eval_n: int | None, samples: tuple | None = None
+) -> ResultStore:
     """A sweep of four trials: ``best`` and ``paper`` with the given objective values; with
     ``samples`` (per-sample values of best and paper) the objective is ``test_psnr`` and the
     eval step rows carry ``test_psnr_samples``."""
@@ -80,16 +110,34 @@ def pair(root: str, sweep: str, best: float, paper: float, eval_n: int | None, s
     meta(store, sweep, metrics=[metric], trials=4)
     vals = {"best": best, "paper": paper, "x": min(best, paper) - 0.1, "y": min(best, paper) - 0.2}
     for k, (tid, v) in enumerate(vals.items()):
-        row = {"trial_id": tid, "status": "completed", "alpha_z": 0.3 + 0.1 * k, "alpha_mu": 0.5, "alpha_x": 0.1 * (k + 1),
-               metric: v, "wall_s": 1.0}
+        row = {
+            "trial_id": tid,
+            "status": "completed",
+            "alpha_z": 0.3 + 0.1 * k,
+            "alpha_mu": 0.5,
+            "alpha_x": 0.1 * (k + 1),
+            metric: v,
+            "wall_s": 1.0,
+        }
         if eval_n is not None:
             row["eval_n"] = eval_n
         store.write("trials", sweep, tid, [row])
     if samples:
         for tid, values in zip(("best", "paper"), samples, strict=True):
-            store.write("steps", sweep, f"{tid}-e0001", [
-                {"trial_id": tid, "step": 1, "phase": "train", "loss": 0.5},
-                {"trial_id": tid, "step": 1, "phase": "eval", metric: float(np.mean(values)),
-                 f"{metric}_samples": [float(v) for v in values], "eval_n": len(values)},
-            ])
+            store.write(
+                "steps",
+                sweep,
+                f"{tid}-e0001",
+                [
+                    {"trial_id": tid, "step": 1, "phase": "train", "loss": 0.5},
+                    {
+                        "trial_id": tid,
+                        "step": 1,
+                        "phase": "eval",
+                        metric: float(np.mean(values)),
+                        f"{metric}_samples": [float(v) for v in values],
+                        "eval_n": len(values),
+                    },
+                ],
+            )
     return store

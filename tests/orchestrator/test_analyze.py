@@ -64,7 +64,12 @@ def test_summary_ranks_and_compares_with_the_paper(tmp_path):
 def test_plots_are_written_and_open(tmp_path):
     paths = plot_sweep(_store(tmp_path), "s", str(tmp_path / "plots"))
     # one searched parameter: no divergence map or parallel coordinates; no eval steps: no curves
-    assert {p.rsplit("-", 1)[1] for p in paths} == {"params.png", "progress.png", "importance.png", "traces.png"}
+    assert {p.rsplit("-", 1)[1] for p in paths} == {
+        "params.png",
+        "progress.png",
+        "importance.png",
+        "traces.png",
+    }
     for p in paths:
         with Image.open(p) as im:
             assert im.size[0] > 100 and im.size[1] > 100

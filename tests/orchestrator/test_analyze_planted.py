@@ -13,7 +13,6 @@ from orchestrator.analysis import Source, plot_sweep, summarize
 from orchestrator.analysis.importance import divergence_grid
 from orchestrator.analysis.summary import space_of
 from orchestrator.cli import main
-from orchestrator.results import ResultStore
 
 from ._planted import DIVERGE_Z, SPACE, pair, planted
 
@@ -44,8 +43,8 @@ def test_planted_best_ranks_first_and_beats_the_paper(sweep):
 
 def test_importance_ranks_the_planted_parameters_first(sweep):
     imp = summarize(sweep, "s")["importance"]
-    assert list(imp["objective"])[0] == "alpha_x"  # the objective depends on alpha_x alone
-    assert list(imp["divergence"])[0] == "alpha_z"  # divergence on alpha_z alone
+    assert next(iter(imp["objective"])) == "alpha_x"  # the objective depends on alpha_x alone
+    assert next(iter(imp["divergence"])) == "alpha_z"  # divergence on alpha_z alone
     assert imp["objective"]["alpha_x"] > 0.5 and imp["divergence"]["alpha_z"] > 0.5
 
 
@@ -79,12 +78,25 @@ def test_a_difference_inside_the_noise_is_not_significant(tmp_path):
 def test_bootstrap_intervals_from_per_sample_values(tmp_path):
     rng = np.random.default_rng(1)
     base = rng.normal(25.0, 3.0, 200)
-    close = summarize(pair(str(tmp_path / "a"), "s", float(np.mean(base + 0.1)), float(np.mean(base)), None,
-                           (base + 0.1, base)), "s")
+    close = summarize(
+        pair(
+            str(tmp_path / "a"),
+            "s",
+            float(np.mean(base + 0.1)),
+            float(np.mean(base)),
+            None,
+            (base + 0.1, base),
+        ),
+        "s",
+    )
     assert close["best"][0]["test_psnr_ci_method"] == "bootstrap" and close["best"][0]["test_psnr_n"] == 200
     assert close["verdict"]["significant"] is False and close["verdict"]["n_needed"] > 200
-    far = summarize(pair(str(tmp_path / "b"), "s", float(np.mean(base + 3)), float(np.mean(base)), None,
-                         (base + 3, base)), "s")
+    far = summarize(
+        pair(
+            str(tmp_path / "b"), "s", float(np.mean(base + 3)), float(np.mean(base)), None, (base + 3, base)
+        ),
+        "s",
+    )
     assert far["verdict"]["significant"] is True
 
 
@@ -145,18 +157,28 @@ def test_both_layouts_are_read_and_deduplicated(tmp_path, capsys):
     src = Source(store)
     assert len(src.rows("traces", "s", ["best"])) == n_best == 40
     assert len(src.rows("traces", "s", ["paper"])) == 40
-    code, out, _ = _analyze(capsys, store.root, "--sql",
-                            "SELECT trial_id, count(*) AS n FROM traces GROUP BY trial_id ORDER BY trial_id", "--json")
+    code, out, _ = _analyze(
+        capsys,
+        store.root,
+        "--sql",
+        "SELECT trial_id, count(*) AS n FROM traces GROUP BY trial_id ORDER BY trial_id",
+        "--json",
+    )
     assert code == 0 and json.loads(out) == [{"trial_id": "best", "n": 40}, {"trial_id": "paper", "n": 40}]
 
 
 def test_sql_views(sweep, capsys):
-    code, out, _ = _analyze(capsys, sweep.root, "--sql",
-                            "SELECT trial_id, robust_acc FROM trials WHERE status = 'completed' "
-                            "ORDER BY robust_acc DESC LIMIT 1", "--json")
+    code, out, _ = _analyze(
+        capsys,
+        sweep.root,
+        "--sql",
+        "SELECT trial_id, robust_acc FROM trials WHERE status = 'completed' ORDER BY robust_acc DESC LIMIT 1",
+        "--json",
+    )
     assert code == 0 and json.loads(out) == [{"trial_id": "best", "robust_acc": 0.95}]
-    code, out, _ = _analyze(capsys, sweep.root, "--sql",
-                            "SELECT count(*) AS n, max(step) AS last FROM steps WHERE phase = 'eval'")
+    code, out, _ = _analyze(
+        capsys, sweep.root, "--sql", "SELECT count(*) AS n, max(step) AS last FROM steps WHERE phase = 'eval'"
+    )
     assert code == 0 and out.split() == ["n", "last", "4", "20"]
     code, _, err = _analyze(capsys, sweep.root, "--sql", "SELECT nope FROM trials")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--sql" in err

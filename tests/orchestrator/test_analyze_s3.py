@@ -16,5 +16,8 @@ def test_analyze_a_planted_sweep_in_a_bucket(s3_bucket, tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["best"][0]["trial_id"] == "best" and s["verdict"]["significant"] is True
     assert (tmp_path / "s-report.html").is_file() and (tmp_path / "s-traces.png").is_file()
-    assert main(["analyze", root, "--sql", "SELECT count(*) AS n FROM traces WHERE trial_id = 'best'", "--json"]) == 0
+    assert (
+        main(["analyze", root, "--sql", "SELECT count(*) AS n FROM traces WHERE trial_id = 'best'", "--json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == [{"n": 40}]

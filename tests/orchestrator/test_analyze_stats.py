@@ -16,7 +16,9 @@ scipy_stats = pytest.importorskip("scipy.stats")
 def test_bootstrap_matches_scipy(stat):
     x = np.random.default_rng(3).normal(20.0, 4.0, 300)
     lo, hi = bootstrap(x, statistic=stat, n_boot=4000)
-    ref = scipy_stats.bootstrap((x,), getattr(np, stat), n_resamples=4000, method="percentile", random_state=0)
+    ref = scipy_stats.bootstrap(
+        (x,), getattr(np, stat), n_resamples=4000, method="percentile", random_state=0
+    )
     width = ref.confidence_interval.high - ref.confidence_interval.low
     assert lo == pytest.approx(ref.confidence_interval.low, abs=0.1 * width)
     assert hi == pytest.approx(ref.confidence_interval.high, abs=0.1 * width)
