@@ -2,7 +2,7 @@
 
 ``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
 ``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
-scripts in ``sweeps/``). Adding a sub-command is one entry in :data:`COMMANDS`: a help
+scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`). Adding a sub-command is one entry in :data:`COMMANDS`: a help
 line, a function that adds its arguments to an ``argparse`` parser, and a function that
 runs it from the parsed namespace and returns the exit code.
 
@@ -124,6 +124,21 @@ def _sweep_run(args: argparse.Namespace) -> int:
     return sweep_main(module.SPEC, list(args.args))
 
 
+def _confirm_arguments(parser: argparse.ArgumentParser) -> None:
+    from orchestrator import confirm
+
+    confirm.add_arguments(parser)
+
+
+def _confirm_run(args: argparse.Namespace) -> int:
+    from orchestrator import confirm
+
+    try:
+        return confirm.run(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 #: sub-command name -> (help, add_arguments, run). Imports happen inside the functions, so
 #: ``jiio --help`` stays fast and one command's dependencies never slow another down.
 COMMANDS: dict[str, Command] = {
@@ -138,6 +153,11 @@ COMMANDS: dict[str, Command] = {
         _analyze_run,
     ),
     "sweep": Command("run a sweep (same as python sweeps/<script>.py ...)", _sweep_arguments, _sweep_run),
+    "confirm": Command(
+        "re-run a sweep's top configurations and the paper's with new seeds; mean and spread",
+        _confirm_arguments,
+        _confirm_run,
+    ),
 }
 
 
