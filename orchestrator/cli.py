@@ -2,9 +2,10 @@
 
 ``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
 ``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
-scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`). Adding a sub-command is one entry in :data:`COMMANDS`: a help
-line, a function that adds its arguments to an ``argparse`` parser, and a function that
-runs it from the parsed namespace and returns the exit code.
+scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`).
+Adding a sub-command is one entry in :data:`COMMANDS`: a help line, a function that adds
+its arguments to an ``argparse`` parser, and a function that runs it from the parsed
+namespace and returns the exit code.
 
 Errors in the user's input (a bad flag or value, a missing file, ``--device cuda`` without
 CUDA) print one line, ``jiio <command>: error: <what>``, on stderr and exit with code 2,
