@@ -17,6 +17,8 @@ warms the page cache for both):
   traces), every row and column;
 - ``analyze``: ``orchestrator.analyze.run`` in-process (summary, intervals, importance,
   every plot, the HTML report), stdout discarded;
+- ``cli``: ``python -m orchestrator.cli analyze ... --json``, the whole console script in
+  its own process (it also pays for what the ``jiio`` parser imports for other commands);
 - ``baseline`` (with ``--baseline-rev REV``): ``run`` of ``orchestrator/analyze.py`` as it
   was at git revision REV (the single-module version before ``orchestrator/analysis``).
 
@@ -176,6 +178,16 @@ def _measure(kind: str, root: str, out: str, rev: str | None) -> None:
         import pyarrow.parquet as pq
 
         rows = {t: pq.read_table(f"{root}/{t}").num_rows for t in ("trials", "steps", "traces")}
+    elif kind == "cli":  # the console script as a user runs it (its own process: RUSAGE_CHILDREN)
+        import resource
+
+        cmd = [sys.executable, "-m", "orchestrator.cli", "analyze", root, "--name", SWEEP, "--out", out]
+        cmd.append("--json")
+        code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, check=False).returncode
+        wall = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(json.dumps({"kind": kind, "wall_s": wall, "peak_mb": peak_mb, "exit": code}))
+        return
     else:
         import contextlib
         import io
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-rev", default=None, help="also time orchestrator/analyze.py at this git revision"
     )
     ap.add_argument("--json", default=None, help="write every figure to this file")
-    ap.add_argument("--measure", choices=("plain", "analyze", "baseline"), help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=("plain", "analyze", "cli", "baseline"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure:
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         out = os.path.join(tmp, "out")
         os.makedirs(out, exist_ok=True)
         _child("plain", root, out, None)  # warm the page cache for everyone
-        kinds = ["plain", "analyze"] + (["baseline"] if args.baseline_rev else [])
+        kinds = ["plain", "analyze", "cli"] + (["baseline"] if args.baseline_rev else [])
         figs: dict[str, list[dict]] = {k: [] for k in kinds}
         for rep in range(args.reps):
             for k in kinds:

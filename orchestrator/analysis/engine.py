@@ -40,7 +40,8 @@ from orchestrator.results import KEYS, ResultStore, _untyped_nulls
 __all__ = ["AnalyzeError", "Source", "reason"]
 
 _NAME = re.compile(r"^(?P<tid>.+?)(?:-e(?P<epoch>\d+))?\.parquet$")
-THREADS = 8
+THREADS = 8  # local disks; object stores get more (each read is a round trip)
+REMOTE_THREADS = 32
 
 
 class AnalyzeError(ValueError):
@@ -60,6 +61,7 @@ class Source:
     def __init__(self, store: ResultStore) -> None:
         self.store, self.fs, self.base, self.root = store, store.fs, store.base, store.root
         self.skipped: dict[str, str] = {}
+        self.threads = THREADS if store.local else REMOTE_THREADS
         self._listing: dict[tuple[str, str], dict[str, list[str]]] = {}
         self._trials: dict[str, pd.DataFrame] = {}
 
@@ -105,7 +107,7 @@ class Source:
         if len(paths) <= 2:
             tables = [self._read_file(p, columns) for p in paths]
         else:
-            with ThreadPoolExecutor(THREADS) as pool:
+            with ThreadPoolExecutor(self.threads) as pool:
                 tables = list(pool.map(lambda p: self._read_file(p, columns), paths))
         return [t for t in tables if t is not None]
 
@@ -184,7 +186,7 @@ class Source:
                 data = {"params": data, "trial_id": tid, "state": "running"}
             return tid, data
 
-        with ThreadPoolExecutor(THREADS) as pool:
+        with ThreadPoolExecutor(self.threads) as pool:
             return {t: r for t, r in pool.map(one, ids) if r is not None}
 
     def pending_ids(self, sweep: str) -> list[str]:
@@ -231,7 +233,7 @@ class Source:
                 self.skipped.setdefault(path, reason(exc))
                 return None
 
-        with ThreadPoolExecutor(THREADS) as pool:
+        with ThreadPoolExecutor(self.threads) as pool:
             schemas = list(pool.map(schema, clean))
         good = [p for p, s in zip(clean, schemas, strict=True) if s is not None]
         extra = None
@@ -261,9 +263,17 @@ class Source:
         except ImportError:
             raise AnalyzeError("--sql needs DuckDB: pip install 'duckdb>=1.1'") from None
         con = duckdb.connect()
+        con.execute("SET enable_progress_bar = false")
         for table in tables:
-            dataset, extra = self.dataset(table, sweeps)
             parts = []
+            if table == "trials":  # one small row per trial: read whole, in parallel, typed per file
+                frames = [t for t in (self.trials(s) for s in sweeps) if len(t)]
+                if frames:
+                    con.register("_trials_rows", pd.concat(frames, ignore_index=True))
+                    parts.append("SELECT * FROM _trials_rows")
+                dataset, extra = None, None
+            else:
+                dataset, extra = self.dataset(table, sweeps)
             if dataset is not None:
                 con.register(f"_{table}_files", dataset)
                 parts.append(f"SELECT * FROM _{table}_files")
