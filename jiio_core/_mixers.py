@@ -15,13 +15,19 @@ __all__ = ["AndersonMixer", "BroydenMixer", "DampedMixer", "make_mixer"]
 
 
 class DampedMixer:
-    """Damped (Krasnoselskii-Mann) iteration: ``x+ = x + beta (g(x) - x)``."""
+    """Damped (Krasnoselskii-Mann) iteration: ``x+ = x + beta (g(x) - x)``.
 
-    def __init__(self, beta: float = 1.0) -> None:
-        self.beta = beta
+    ``copy=False`` (a caller that owns ``g(x)`` and never writes to it): with ``beta = 1``
+    the step returns ``g(x)`` itself instead of a copy.
+    """
+
+    def __init__(self, beta: float = 1.0, copy: bool = True) -> None:
+        self.beta, self.copy = beta, copy
 
     def step(self, x: Tensor, gx: Tensor, active: Tensor) -> Tensor:
-        return gx.clone() if self.beta == 1.0 else torch.lerp(x, gx, self.beta)
+        if self.beta == 1.0:
+            return gx.clone() if self.copy else gx
+        return torch.lerp(x, gx, self.beta)
 
 
 class AndersonMixer:
@@ -45,62 +51,131 @@ class AndersonMixer:
     again. A sample whose solve still fails takes the plain damped step. ``weights``
     holds the last step's ``alpha`` ``(B, n)``; ``fallbacks`` counts (regularised retries,
     plain steps) over all steps and samples.
-    ``H`` is updated one row and column per step rather than recomputed, and the history
-    is read as few times as possible (it dominates the cost when ``f`` is cheap).
+
+    Memory traffic, which is what a step costs when ``f`` is cheap. ``H`` is updated one
+    row and column per step, never recomputed. The history lives in preallocated ring
+    buffers (slot ``t % m`` holds iterate ``t``), written in place and never concatenated,
+    stacked or cloned: ``Y`` ``(B, m, D)`` holds the images ``y_i = x_i + beta g_i`` and
+    ``G`` ``(B, m + 1, D)`` the residuals, plus one scratch row for ``x`` (type I). Every
+    product is one batched matrix product against the ``(m, D)`` history of each sample:
+
+    - type II: ``g . g_j`` (one read of ``G``), then the mix ``Y^T alpha`` (one read of
+      ``Y``): ``2 m D`` values per sample, the two-pass minimum;
+    - type I: ``[g; x] . g_j`` (one read of ``G``: both vectors in one product, which is
+      why ``x`` is copied next to the residuals), ``g . y_i`` (one read of ``Y``), then the
+      mix (``Y`` again): ``3 m D`` values. On a CPU the batch is processed in chunks whose
+      slice of ``Y`` fits in ``CACHE_BYTES``, so the mix can re-read ``Y`` from cache.
+
+    The returned tensor is one of two output buffers, used in turn: it is overwritten by
+    the step after next (the solvers keep at most the previous iterate). ``image_out``
+    hands out the history slot where the next ``g(x)`` may be written directly when
+    ``beta = 1``, which saves copying it into the history.
     """
 
     FALLBACK_LAM = 1e-3  # the paper code: lam = 1e-4, multiplied by 10 before its first use
+    CACHE_BYTES = 8 << 20  # CPU, type I: a chunk's slice of Y at most this size
 
-    def __init__(self, m: int = 5, lam: float = 1e-5, beta: float = 1.0, kind: str = "II") -> None:
+    def __init__(
+        self, m: int = 5, lam: float = 1e-5, beta: float = 1.0, kind: str = "II", chunk: int | None = None
+    ) -> None:
         if m < 1:
             raise ValueError(f"anderson m must be >= 1, got {m}")
         if kind not in ("I", "II"):
             raise ValueError(f"anderson kind must be 'I' or 'II', got {kind!r}")
         if not lam >= 0:
             raise ValueError(f"anderson lam must be >= 0, got {lam}")
-        self.m, self.lam, self.beta, self.kind = m, lam, beta, kind
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"anderson chunk must be >= 1 or None, got {chunk}")
+        self.m, self.lam, self.beta, self.kind, self.chunk = m, lam, beta, kind, chunk
         self.k = 0
-        self.Y: Tensor | None = None  # x_i + beta g_i, the damped images
-        self.G: Tensor | None = None  # residuals g_i = g(x_i) - x_i
-        self.P: Tensor | None = None
+        self.Y: Tensor | None = None  # (B, m, D): x_i + beta g_i, the damped images
+        self.G: Tensor | None = None  # (B, m + 1, D): residuals g_i; row m: x (type I)
+        self.P: Tensor | None = None  # (B, m, m): g_i . g_j (II) or x_i . g_j (I)
+        self.out: tuple[Tensor, Tensor] | None = None  # the step's output, two in turn
         self.weights: Tensor | None = None
         self.fallbacks = [0, 0]
+
+    def _allocate(self, x: Tensor) -> None:
+        B, D = x.shape
+        # empty, not zeros: only slots already written are read (no zero-filling pass)
+        self.Y = x.new_empty(B, self.m, D)
+        self.G = x.new_empty(B, self.m + 1, D)
+        self.P = x.new_zeros(B, self.m, self.m)
+        self.out = (x.new_empty(B, D), x.new_empty(B, D))
+
+    def image_out(self, x: Tensor) -> Tensor | None:
+        """Where the caller may write ``g(x)`` before the next :meth:`step` with this ``x``
+        (with ``beta = 1`` the image is ``g(x)`` itself: its history slot), or None."""
+        if self.beta != 1.0:
+            return None
+        if self.Y is None:
+            self._allocate(x)
+        assert self.Y is not None
+        return self.Y[:, self.k % self.m]
+
+    def chunk_size(self, x: Tensor) -> int:
+        """Samples per chunk: all on a GPU and for type II (which reads Y once)."""
+        B, D = x.shape
+        if self.chunk is not None:
+            return min(self.chunk, B)
+        if x.device.type != "cpu" or self.kind == "II":
+            return B
+        return max(1, min(B, self.CACHE_BYTES // max(1, self.m * D * x.element_size())))
 
     def step(self, x: Tensor, gx: Tensor, active: Tensor) -> Tensor:
         B, D = x.shape
         if self.Y is None:
-            self.Y = x.new_zeros(B, self.m, D)
-            self.G = x.new_zeros(B, self.m, D)
-            self.P = x.new_zeros(B, self.m, self.m)
-        Y, G, P = self.Y, self.G, self.P
-        assert G is not None and P is not None
-        slot = self.k % self.m
+            self._allocate(x)
+        Y, G, P, m = self.Y, self.G, self.P, self.m
+        assert Y is not None and G is not None and P is not None and self.out is not None
+        slot = self.k % m
+        out = self.out[self.k % 2]
         self.k += 1
-        n = min(self.k, self.m)
-        g = torch.sub(gx, x, out=G[:, slot])
+        n = min(self.k, m)
+        torch.sub(gx, x, out=G[:, slot])
+        y = Y[:, slot]
         if self.beta == 1.0:
-            Y[:, slot] = gx
+            if not _same_view(gx, y):
+                y.copy_(gx)
         else:
-            torch.add(x, g, alpha=self.beta, out=Y[:, slot])
+            torch.add(x, G[:, slot], alpha=self.beta, out=y)
+        if self.kind == "I":
+            G[:, m].copy_(x)
+        # [g; x] as one (B, 2, D) operand: rows `slot` and `m` of G, a fixed stride apart
+        gx_rows = G.as_strided((B, 2, D), (G.stride(0), (m - slot) * D, 1), G.storage_offset() + slot * D)
+        weights = x.new_empty(B, n)
+        c = self.chunk_size(x)
+        for s in range(0, B, c):
+            sl = slice(s, min(B, s + c))
+            weights[sl] = self._chunk(sl, slot, n, gx_rows[sl], out[sl])
+        self.weights = weights
+        return out
+
+    def _chunk(self, sl: slice, slot: int, n: int, gx_rows: Tensor, out: Tensor) -> Tensor:
+        """One chunk of samples: P's new row and column, then alpha, then the mix into ``out``."""
+        assert self.Y is not None and self.G is not None and self.P is not None
+        Y, G, P = self.Y[sl], self.G[sl], self.P[sl]
         if self.kind == "II":
-            row = torch.bmm(G[:, :n], g.unsqueeze(2)).squeeze(2)  # (B, n): g_j . g
+            row = torch.bmm(gx_rows[:, :1], G[:, :n].transpose(1, 2))[:, 0]  # g . g_j: one read of G
             P[:, slot, :n] = row
             P[:, :n, slot] = row
-            H = P[:, :n, :n]
-        else:  # P_ij = x_i . g_j, with x_i = y_i - beta g_i: one pass over G and one over Y
-            xg = torch.bmm(G[:, :n], torch.stack([x, g], dim=2))  # (B, n, 2): g_j . x, g_i . g
-            yg = torch.bmm(Y[:, :n], g.unsqueeze(2)).squeeze(2)  # y_i . g
-            P[:, slot, :n] = xg[:, :, 0]
-            P[:, :n, slot] = yg - self.beta * xg[:, :, 1]
-            H = P[:, :n, :n] - P[:, slot : slot + 1, :n]  # (x_i - x) . g_j
+        else:  # P_ij = x_i . g_j, with x_i = y_i - beta g_i: one read of G and one of Y
+            gg_xg = torch.bmm(gx_rows, G[:, :n].transpose(1, 2))  # (b, 2, n): g . g_j, x . g_j
+            yg = torch.bmm(gx_rows[:, :1], Y[:, :n].transpose(1, 2))[:, 0]  # g . y_i
+            P[:, slot, :n] = gg_xg[:, 1]
+            P[:, :n, slot] = yg - self.beta * gg_xg[:, 0]
         if n == 1:  # a plain step; H's first entry is kept for the next steps
-            self.weights = x.new_ones(B, 1)
-            return Y[:, slot].clone()
+            out.copy_(Y[:, slot])
+            return torch.ones_like(P[:, 0, :1])
+        if self.kind == "II":
+            H = P[:, :n, :n]
+        else:
+            H = P[:, :n, :n] - P[:, slot : slot + 1, :n]  # (x_i - x) . g_j
+        host = H.device.type == "cpu"
         if self.lam > 0:
             alpha, bad = _ridge_weights(H, self.lam)
         else:
             alpha, bad = _bordered_weights(H)
-            host = x.device.type == "cpu"
             if not host or bool(bad.any()):  # no host sync on a GPU: retry unconditionally there
                 reg = torch.eye(n, dtype=H.dtype, device=H.device)
                 if self.kind == "I":  # centred (X G^T + lam I): lam (I - 1 e_slot^T)
@@ -110,14 +185,19 @@ class AndersonMixer:
                 if host:
                     self.fallbacks[0] += int(bad.sum())
                 bad = bad & still
-        if x.device.type != "cpu" or bool(bad.any()):  # no host sync on a GPU
-            if x.device.type == "cpu":
+        if not host or bool(bad.any()):  # no host sync on a GPU
+            if host:
                 self.fallbacks[1] += int(bad.sum())
             plain = torch.zeros_like(alpha)
             plain[:, slot] = 1.0
             alpha = torch.where(bad[:, None], plain, alpha)
-        self.weights = alpha
-        return torch.bmm(alpha.unsqueeze(1), Y[:, :n]).squeeze(1)  # sum_i alpha_i (x_i + beta g_i)
+        torch.bmm(alpha.unsqueeze(1), Y[:, :n], out=out.unsqueeze(1))  # sum_i alpha_i y_i: one read of Y
+        return alpha
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same elements (same memory, shape and strides)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _ridge_weights(H: Tensor, lam: float) -> tuple[Tensor, Tensor]:
@@ -207,13 +287,14 @@ class BroydenMixer:
 
 
 def make_mixer(
-    solver: str, *, m: int, lam: float = 1e-5, beta: float = 1.0, kind: str = "II"
+    solver: str, *, m: int, lam: float = 1e-5, beta: float = 1.0, kind: str = "II", copy: bool = True
 ) -> AndersonMixer | BroydenMixer | DampedMixer:
-    """The mixer for a solver name: ``"anderson"``, ``"broyden"`` or ``"fixed_point"``."""
+    """The mixer for a solver name: ``"anderson"``, ``"broyden"`` or ``"fixed_point"``
+    (``copy``: see :class:`DampedMixer`)."""
     if solver == "anderson":
         return AndersonMixer(m=m, lam=lam, beta=beta, kind=kind)
     if solver == "broyden":
         return BroydenMixer(m=m)
     if solver == "fixed_point":
-        return DampedMixer(beta=beta)
+        return DampedMixer(beta=beta, copy=copy)
     raise ValueError(f"solver must be 'anderson', 'broyden' or 'fixed_point', got {solver!r}")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._mixers import make_mixer
+from ._mixers import AndersonMixer, make_mixer
 from .config import JIIOConfig
 from .implicit import attach_implicit_grad, dual_shortcut
 from .solvers import forward_fill
@@ -184,7 +184,8 @@ def jiio_solve(
             v[:, 2 * nz :].view(x_shape),
         )
 
-    def evaluate(v: Tensor, k: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def evaluate(v: Tensor, k: int, Fv: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """F(v) written into ``Fv`` (a buffer distinct from v), its block norms and the loss."""
         z, mu, x = unpack(v)
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
@@ -198,21 +199,16 @@ def jiio_solve(
         if cfg.x_step == "normalized":
             gx = gx / (_norm(gx)[:, None] + _STEP_EPS)
         z_flat, mu_flat, x_flat = v[:, :nz], v[:, nz : 2 * nz], v[:, 2 * nz :]
-        Fv = torch.empty_like(v)  # written block by block: no concatenation copy
+        # written block by block into Fv, the differences first (no temporaries, no concatenation)
         Fz, Fmu, Fx = Fv[:, :nz], Fv[:, nz : 2 * nz], Fv[:, 2 * nz :]
         torch.add(x_flat, gx, alpha=-cfg.alpha_x_at(k), out=Fx)
         if project is not None:
             Fx.copy_(project(Fx.view(x_shape)).reshape(B, -1))
-        dz, dmu = fz - z_flat, gz - mu_flat  # f(z, x) - z and (J_z^T mu + dl/dz) - mu
+        dz, dmu = torch.sub(fz, z_flat, out=Fz), torch.sub(gz, mu_flat, out=Fmu)  # f(z, x) - z, (J_z^T mu + dl/dz) - mu
+        blocks = dict(z_residual=_norm(dz), mu_residual=_norm(dmu), x_step=_norm(Fx - x_flat), objective=obj)
+        blocks["mu_rel"] = blocks["mu_residual"] / (_norm(gz) + tiny)
         torch.add(z_flat, dz, alpha=cfg.alpha_z, out=Fz)
         torch.add(mu_flat, dmu, alpha=cfg.alpha_mu, out=Fmu)
-        blocks = dict(
-            z_residual=_norm(dz),
-            mu_residual=_norm(dmu),
-            x_step=_norm(Fx - x_flat),
-            objective=obj,
-        )
-        blocks["mu_rel"] = blocks["mu_residual"] / (_norm(gz) + tiny)
         # |F(v) - v| from the block norms of (a_z dz, a_mu dmu, dx): no pass over the state
         joint = (torch.stack([blocks["z_residual"], blocks["mu_residual"], blocks["x_step"]]) * damp).norm(
             dim=0
@@ -227,13 +223,19 @@ def jiio_solve(
     damp = torch.tensor([cfg.alpha_z, cfg.alpha_mu, 1.0], dtype=x0.dtype, device=x0.device)[:, None]
     m = cfg.anderson_m if cfg.solver == "anderson" else cfg.max_iter
     beta = cfg.anderson_beta if cfg.solver == "anderson" else 1.0  # damped: alpha_z / alpha_mu's job
-    mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, beta=beta, kind=cfg.anderson_type)
+    # fixed_point: the step returns F(v) itself (no copy), so F(v) cycles through 3 buffers
+    mixer = make_mixer(cfg.solver, m=m, lam=cfg.anderson_lam, beta=beta, kind=cfg.anderson_type, copy=False)
     with torch.no_grad():
         v = torch.cat(
             [z0.reshape(B, -1), torch.zeros(B, nz, dtype=x0.dtype, device=x0.device), x0.reshape(B, -1)],
             dim=1,
         )
-        v_prev = keep_v = v
+        v_prev = v
+        # Buffers reused across iterations (fresh (B, D) tensors cost page faults on a CPU):
+        # F(v) goes into Anderson's history slot when it can, else into one of 3 buffers used
+        # in turn (iteration k's v and v_prev may be the last two); the kept iterate has its own.
+        ring: list[Tensor] = []
+        keep_v = v if cfg.select == "last" else v.clone()
         inf = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device)
         keep_res, keep_obj, keep_mu, best_res = inf.clone(), inf.clone(), inf.clone(), inf.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
@@ -245,7 +247,11 @@ def jiio_solve(
         # launch queue, so there we mask unconditionally and look for "all done" rarely.
         host = v.device.type == "cpu"
         for k in range(cfg.max_iter):
-            Fv, joint, blocks = evaluate(v, k)
+            out = mixer.image_out(v) if isinstance(mixer, AndersonMixer) else None
+            if out is None:
+                ring = ring or [torch.empty_like(v) for _ in range(3)]
+                out = ring[k % 3]
+            Fv, joint, blocks = evaluate(v, k, out)
             size = _norm(Fv)
             rel, obj = joint / (size + tiny), blocks["objective"]
             blocks["residual"] = rel
@@ -273,7 +279,12 @@ def jiio_solve(
                     reset = ok & ((sel < best_res) | (k < _SELECT_WARMUP))
                     take = reset | (ok & (obj < keep_obj) & (sel < cfg.select_slack * best_res))
                     best_res = torch.where(reset, sel, best_res)
-                keep_v = torch.where(take[:, None], v, keep_v)
+                if not host:
+                    torch.where(take[:, None], v, keep_v, out=keep_v)
+                elif bool(take.all()):
+                    keep_v.copy_(v)
+                elif bool(take.any()):
+                    torch.where(take[:, None], v, keep_v, out=keep_v)
             keep_res = torch.where(take, rel, keep_res)
             keep_obj = torch.where(take, obj, keep_obj)
             keep_mu = torch.where(take, blocks["mu_rel"], keep_mu)
