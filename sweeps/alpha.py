@@ -44,11 +44,20 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
     (``alpha_x_drop``) at the paper's iteration rule (``alpha_x_switch_iter`` None), so every
     trial drops its own alpha_x the paper's way, and the enqueued first trial is exactly
     ``JIIOConfig.paper(...)`` with this sweep's iteration count and Anderson memory (at the
-    CPU default of 20 iterations the paper's rule, drop at max(50, 5T/8) - 1, means no drop)."""
+    CPU default of 20 iterations the paper's rule, drop at max(50, 5T/8) - 1, means no drop).
+
+    Every evaluation covers the whole test split (``eval_batches=None``; each eval row and
+    the trial's row record it as ``eval_n``), at every model size; ``--smoke`` evaluates
+    one batch."""
     paper = paper_jiio(args.task, args.dataset).to_dict()
     out: dict[str, Any] = {k: v for k, v in paper.items() if k not in ("alpha_z", "alpha_mu", "alpha_x")}
     out.update(
-        task=args.task, mode="jiio", seed=args.seed, model_size=args.model_size or "tiny", trace_every=5
+        task=args.task,
+        mode="jiio",
+        seed=args.seed,
+        model_size=args.model_size or "tiny",
+        trace_every=5,
+        eval_batches=None,  # the whole held-out split: metrics with honest error bars
     )
     if args.model_size != "paper":  # CPU-sized defaults: a few minutes for the whole sweep
         out.update(
@@ -56,7 +65,6 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
             max_steps_per_epoch=12,
             batch_size=64,
             lr=5e-3,
-            eval_batches=2,
             max_iter=20,
             anderson_m=10,
             pgd_steps=5,
@@ -70,6 +78,7 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
             epochs=1,
             max_steps_per_epoch=2,
             trace_every=1,
+            eval_batches=1,
             max_iter=10,
             pgd_steps=3,
             deq_max_iter=10,

@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ from orchestrator.tasks.common import (
     jiio_stats,
     mdeq_config,
     mean_trace,
+    samples_metric,
 )
 
 __all__ = ["ATTACKS", "AdversarialTrainer", "attack_table", "format_table", "train_adversarial"]
@@ -214,15 +216,20 @@ class AdversarialTrainer(Trainer):
         return not params or bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all())
 
     # --- evaluation -----------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
         """Test accuracy clean, under PGD and under JIIO (same eps), with attack times.
 
         Accuracy under JIIO is that of the classifier (plain DEQ) at the returned ``x*``,
         which is always in the eps-ball (also for samples whose solve diverged: their last
-        good iterate). ``*_loss`` are mean cross-entropies at the attacked inputs.
+        good iterate). ``*_loss`` are mean cross-entropies at the attacked inputs, with
+        their per-sample values in ``pgd_loss_samples`` / ``jiio_loss_samples``; ``eval_n``
+        is the number of test samples every metric was computed on (accuracies and
+        ``jiio_attack_diverged`` are counts over it). Attack times are totals.
         """
         n = clean = pgd = jiio = diverged = 0
-        pgd_s = jiio_s = pgd_loss = jiio_loss = 0.0
+        pgd_s = jiio_s = 0.0
+        pgd_losses: list[Tensor] = []
+        jiio_losses: list[Tensor] = []
         with _frozen(self.modules.values()):
             for x, y in self.eval_batches("test"):
                 n += len(y)
@@ -238,18 +245,19 @@ class AdversarialTrainer(Trainer):
                 with torch.no_grad():
                     out = self.logits(x_pgd)
                     pgd += _correct(out, y)
-                    pgd_loss += float(F.cross_entropy(out, y, reduction="sum"))
+                    pgd_losses.append(F.cross_entropy(out, y, reduction="none"))
                     out = self.logits(res.x)
                     jiio += _correct(out, y)
-                    jiio_loss += float(F.cross_entropy(out, y, reduction="sum"))
+                    jiio_losses.append(F.cross_entropy(out, y, reduction="none"))
                 diverged += int(res.diverged.sum())
         m = n if n else math.nan
         return {
+            "eval_n": n,
             "clean_acc": clean / m,
             "pgd_acc": pgd / m,
             "jiio_acc": jiio / m,
-            "pgd_loss": pgd_loss / m,
-            "jiio_loss": jiio_loss / m,
+            **samples_metric("pgd_loss", pgd_losses),
+            **samples_metric("jiio_loss", jiio_losses),
             "pgd_attack_s": pgd_s,
             "jiio_attack_s": jiio_s,
             "jiio_attack_diverged": diverged / m,
@@ -257,7 +265,7 @@ class AdversarialTrainer(Trainer):
 
 
 def attack_table(
-    trainers: Mapping[str, AdversarialTrainer | Mapping[str, float]],
+    trainers: Mapping[str, AdversarialTrainer | Mapping[str, Any]],
 ) -> dict[str, dict[str, float]]:
     """The paper's Table 5: ``{row: {"clean": acc, "pgd": acc, "jiio": acc}}``.
 

@@ -9,6 +9,16 @@ and checkpoints through ``state_dict`` / ``load_state_dict``. Nothing here impor
 Divergence rule: a step whose inner solve diverged for more than half the batch, or whose
 loss is not finite, is reported with ``diverged_step=True`` and makes no parameter update;
 ``diverged_patience`` such steps in a row end the run with status ``"diverged"``.
+
+Evaluation contract (what ``evaluate`` returns, what the eval step rows and a trial's final
+metrics hold): the metrics, plus ``eval_n`` (int, the number of held-out samples they were
+computed on; a metric computed on another count would carry its own ``<metric>_n``), plus,
+for every mean metric that is not a proportion (PSNR, losses), ``<metric>_samples``: its
+per-sample values (a list of floats whose mean is the metric), so the analysis can
+bootstrap an interval; a proportion (an accuracy, a diverged fraction) times ``eval_n`` is
+the count of samples. Lists reach the eval rows of the ``steps`` table (list<double>
+columns); the Tune reports and the ``trials`` row keep numbers only, so they get
+``eval_n`` but not the lists.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ __all__ = [
     "jiio_stats",
     "mdeq_config",
     "mean_trace",
+    "samples_metric",
 ]
 
 TASKS = ("adversarial", "generative", "inpainting", "denoising")
@@ -176,7 +187,7 @@ class StepOutcome:
 @dataclass
 class TaskResult:
     status: str  # "completed" | "diverged"
-    metrics: dict[str, float]
+    metrics: dict[str, Any]  # numbers, plus the last evaluation's ``<metric>_samples`` lists
     steps: int
     wall_s: float
 
@@ -299,7 +310,7 @@ class Trainer(ABC):
             self.optimizer.step = deferred  # type: ignore[method-assign]
         self.epoch = 0
         self.global_step = 0
-        self.last_metrics: dict[str, float] = {}  # of the last evaluate(): a resumed, finished run has them
+        self.last_metrics: dict[str, Any] = {}  # of the last evaluate(): a resumed, finished run has them
 
     # --- for subclasses -------------------------------------------------------------
     @abstractmethod
@@ -311,12 +322,14 @@ class Trainer(ABC):
         """One optimiser step on a batch (the base counts steps and decays the rate)."""
 
     @abstractmethod
-    def evaluate(self) -> dict[str, float]:
-        """Held-out metrics at the end of an epoch (modules in eval mode)."""
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out metrics at the end of an epoch (modules in eval mode), with ``eval_n`` and
+        ``<metric>_samples`` as the module docstring says."""
 
     # --- shared ---------------------------------------------------------------------
     def eval_batches(self, split: str = "test"):
-        """The first ``eval_batches`` batches of a split, in a fixed order, on the device."""
+        """The first ``eval_batches`` batches of a split (all of it when ``None``), in a fixed
+        order, on the device: ``min(eval_batches * batch_size, len(split))`` samples."""
         loader = make_loader(getattr(self.data, split), self.config.batch_size, shuffle=False)
         for i, (x, y) in enumerate(loader):
             if self.config.eval_batches is not None and i >= self.config.eval_batches:
@@ -412,6 +425,27 @@ class Trainer(ABC):
 
     def want_trace(self) -> bool:
         return self.config.trace_every > 0 and (self.global_step + 1) % self.config.trace_every == 0
+
+
+def samples_metric(name: str, values: Tensor | list[Tensor]) -> dict[str, Any]:
+    """``{name: mean, name + "_samples": per-sample values}`` for a mean metric (not a proportion).
+
+    ``values``: per-sample values, one tensor or a list of per-batch tensors. The mean is
+    that of the listed floats (NaN when there are none, or when one is NaN), so
+    ``mean(out[name + "_samples"]) == out[name]`` holds for whoever reads the list back.
+
+    Example:
+        >>> samples_metric("test_psnr", [torch.tensor([20.0, 22.0]), torch.tensor([24.0])])
+        {'test_psnr': 22.0, 'test_psnr_samples': [20.0, 22.0, 24.0]}
+    """
+    if isinstance(values, (list, tuple)):
+        values = torch.cat([v.detach().reshape(-1).cpu() for v in values]) if values else torch.zeros(0)
+    listed = [float(v) for v in values.detach().reshape(-1).cpu().double().tolist()]
+    try:
+        mean = math.fsum(listed) / len(listed) if listed else math.nan
+    except (ValueError, OverflowError):  # inf - inf
+        mean = math.nan
+    return {name: mean, f"{name}_samples": listed}
 
 
 def mean_trace(res: JIIOResult) -> dict[str, list[float]]:

@@ -47,6 +47,7 @@ from orchestrator.tasks.common import (
     jiio_stats,
     mdeq_config,
     mean_trace,
+    samples_metric,
 )
 
 __all__ = ["GenerativeTrainer", "LatentSolve", "psnr", "save_grid", "sq_error", "train_generative"]
@@ -233,12 +234,15 @@ class GenerativeTrainer(Trainer):
     def _eval_generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.config.seed * 7919 + 17)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
         """Held-out reconstruction by the inner solve, parameters untouched.
 
         Reports ``test_mse``, ``test_psnr`` (mean over images), ``test_psnr_median``,
-        ``test_diverged`` and ``inner_s``; when the inner problem sees a corrupted image,
-        also ``corrupted_psnr`` (PSNR of that corrupted input against the clean image).
+        ``test_diverged`` and ``inner_s`` (total seconds); when the inner problem sees a
+        corrupted image, also ``corrupted_psnr`` (PSNR of that corrupted input against the
+        clean image). ``eval_n``: the number of test images all of them were computed on;
+        per-image values: ``test_mse_samples``, ``test_psnr_samples`` (also those behind
+        ``test_psnr_median``) and ``corrupted_psnr_samples``.
         """
         gen = self._eval_generator()
         mses, psnrs, corrupted, diverged, seconds = [], [], [], [], 0.0
@@ -255,14 +259,15 @@ class GenerativeTrainer(Trainer):
                 corrupted.append(psnr(target, images).cpu())
         p = torch.cat(psnrs)
         out = {
-            "test_mse": float(torch.cat(mses).mean()),
-            "test_psnr": float(p.mean()),
+            "eval_n": int(p.numel()),
+            **samples_metric("test_mse", mses),
+            **samples_metric("test_psnr", psnrs),
             "test_psnr_median": float(p.median()),
             "test_diverged": float(torch.cat(diverged).mean()),
             "inner_s": seconds,
         }
         if corrupted:
-            out["corrupted_psnr"] = float(torch.cat(corrupted).mean())
+            out.update(samples_metric("corrupted_psnr", corrupted))
         return out
 
     # --- sampling -------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def corrupt(
 
 class InverseTrainer(GenerativeTrainer):
     """Inpainting / denoising: a generative decoder evaluated (and, supervised, trained) on
-    corrupted measurements. Evaluation adds ``corrupted_psnr`` to the generative metrics."""
+    corrupted measurements. Evaluation adds ``corrupted_psnr`` (and ``corrupted_psnr_samples``)
+    to the generative metrics."""
 
     def __init__(self, config: TaskConfig, data: DatasetSplits) -> None:
         if config.task not in INVERSE_TASKS:

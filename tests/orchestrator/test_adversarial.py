@@ -27,6 +27,9 @@ from orchestrator.tasks.common import TaskConfig
 
 FAST_JIIO = JIIOConfig.paper("mnist_adversarial").replace(max_iter=15, alpha_x_switch_iter=10)
 EVAL_KEYS = {
+    "eval_n",
+    "pgd_loss_samples",
+    "jiio_loss_samples",
     "clean_acc",
     "pgd_acc",
     "jiio_acc",
@@ -120,6 +123,7 @@ def test_each_mode_reports_documented_keys(data, mode):
     assert set(evals) >= EVAL_KEYS and set(result.metrics) >= EVAL_KEYS
     for k in ("clean_acc", "pgd_acc", "jiio_acc", "jiio_attack_diverged"):
         assert 0.0 <= evals[k] <= 1.0
+    assert evals["eval_n"] == result.metrics["eval_n"] == 8  # eval_batches=1 batch of 8
     if mode == "jiio":
         # the outer CE is a multiple of the negated inner loss, but after 15 iterations no
         # sample's mu* met backward_tol: every sample solved (x* fixed), to backward_tol
@@ -275,6 +279,78 @@ def test_attack_table_and_format(data):
     assert lines[1].split() == ["clean", "90.0%", "5.0%", "6.2%"]
 
 
+def _check_sample_metrics(m: dict, n: int) -> None:
+    """What the analysis relies on: counts behind the accuracies, per-sample losses."""
+    assert type(m["eval_n"]) is int and m["eval_n"] == n
+    for k in ("clean_acc", "pgd_acc", "jiio_acc", "jiio_attack_diverged"):
+        count = m[k] * n
+        assert count == pytest.approx(round(count), abs=1e-9), (k, m[k], n)
+    for k in ("pgd_loss", "jiio_loss"):
+        samples = m[f"{k}_samples"]
+        assert isinstance(samples, list) and len(samples) == n
+        assert all(type(v) is float and v >= 0 for v in samples)
+        assert math.fsum(samples) / n == pytest.approx(m[k], rel=1e-12)
+
+
+@pytest.mark.parametrize(("eval_batches", "n"), [(None, 16), (1, 8), (5, 16)])
+def test_evaluate_counts_its_samples(data, eval_batches, n):
+    """``eval_n``: the whole split when eval_batches is None, else eval_batches * batch_size
+    capped by the split (16 test digits, batches of 8); the clean accuracy recomputed
+    independently, in one batch over the same samples."""
+    trainer = AdversarialTrainer(fast_config("clean", eval_batches=eval_batches), data)
+    for m in trainer.modules.values():
+        m.eval()
+    metrics = trainer.evaluate()
+    _check_sample_metrics(metrics, n)
+    x = torch.stack([data.test[i][0] for i in range(n)])
+    y = torch.tensor([int(data.test[i][1]) for i in range(n)])
+    with torch.no_grad():
+        correct = int((trainer.logits(x).argmax(1) == y).sum())
+    assert round(metrics["clean_acc"] * n) == correct
+
+
+def test_eval_counts_and_samples_reach_the_steps_table_not_tune(data, tmp_path, monkeypatch):
+    """End to end through trainable.run_trial (Tune's report captured): the eval step rows
+    in Parquet hold eval_n and the per-sample lists; the reports to Tune and the trials
+    row hold eval_n and no list."""
+    import ray.tune
+
+    from orchestrator.results import ResultStore
+    from orchestrator.trainable import run_trial
+    from orchestrator.trial_meta import SweepMeta
+
+    reports: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", reports.append)
+    flat = fast_config("clean", epochs=2, eval_batches=None).to_flat()
+    meta = SweepMeta(
+        name="s",
+        storage=str(tmp_path),
+        searched=("alpha_x",),
+        fixed={k: v for k, v in flat.items() if k not in ("device", "alpha_x")},
+        data={"dataset": "digits", "image_size": 8, "limit_train": 48, "limit_test": 16},
+        metrics=("robust_acc",),
+        modes=("max",),
+    )
+    run_trial({"alpha_x": flat["alpha_x"], "trial_id": "t"}, meta)
+    store = ResultStore(str(tmp_path))
+    steps = store.read("steps", "s")
+    evals = steps[steps["phase"] == "eval"].sort_values("epoch")
+    assert list(evals["epoch"]) == [1, 2] and list(evals["eval_n"]) == [16, 16] == [len(data.test)] * 2
+    assert steps[steps["phase"] == "train"]["eval_n"].isna().all()
+    for _, row in evals.iterrows():
+        m = {k: ([float(u) for u in v] if k.endswith("_samples") else v) for k, v in row.items()}
+        m["eval_n"] = int(m["eval_n"])
+        _check_sample_metrics(m, 16)
+    (trial,) = store.read("trials", "s").to_dict("records")
+    assert trial["status"] == "completed" and trial["eval_n"] == 16
+    assert trial["robust_acc"] == min(evals.iloc[-1]["pgd_acc"], evals.iloc[-1]["jiio_acc"])
+    assert trial["pgd_loss"] == evals.iloc[-1]["pgd_loss"]
+    assert not any(k.endswith("_samples") for k in trial)
+    assert len(reports) == 2 and reports[-1]["final"] is True  # epoch 1's, then the trial's end
+    assert reports[0]["eval_n"] == 16
+    assert not any(isinstance(v, list) for r in reports for v in r.values())
+
+
 def test_rejects_other_tasks(data):
     with pytest.raises(ValueError, match="adversarial"):
         AdversarialTrainer(TaskConfig(task="generative", mode="jiio"), data)
@@ -316,7 +392,7 @@ def test_adversarial_training_buys_robustness():
     table = attack_table(results)
     print(f"\n{format_table(table)}\ntrain+eval seconds: {seconds}")
     for mode, m in results.items():
-        print(mode, {k: round(v, 3) for k, v in m.items()})
+        print(mode, {k: round(v, 3) for k, v in m.items() if not isinstance(v, list)})
     assert table["clean"]["clean"] > 0.8, table
     undefended = max(table["clean"]["pgd"], table["clean"]["jiio"])
     for mode in ("pgd", "jiio"):

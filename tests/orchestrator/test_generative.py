@@ -18,7 +18,7 @@ from orchestrator.tasks import generative as gen_mod
 from orchestrator.tasks.common import StepOutcome, TaskConfig, TaskResult
 from orchestrator.tasks.generative import GenerativeTrainer, psnr, save_grid, sq_error, train_generative
 from tests.orchestrator import _latent
-from tests.orchestrator._latent import FAST_JIIO, first_batch, params
+from tests.orchestrator._latent import FAST_JIIO, check_eval_samples, first_batch, params
 
 STEP_KEYS = {
     "loss",
@@ -39,7 +39,8 @@ JIIO_KEYS = STEP_KEYS | {
     "backward_mu_frac",
 }
 JIIO_KEYS |= {"backward_residual", "backward_iterations"}
-EVAL_KEYS = {"test_mse", "test_psnr", "test_psnr_median", "test_diverged", "inner_s"}
+EVAL_KEYS = {"test_mse", "test_psnr", "test_psnr_median", "test_diverged", "inner_s", "eval_n"}
+EVAL_KEYS |= {"test_mse_samples", "test_psnr_samples"}
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +192,25 @@ def test_evaluate_reports_reconstruction_and_leaves_params(data):
     before = params(tr)
     m1 = tr.evaluate()
     assert set(m1) >= EVAL_KEYS and "corrupted_psnr" not in m1
+    assert m1["eval_n"] == 8  # eval_batches=1 batch of 8
     assert m1["test_psnr_median"] > 0 and math.isfinite(m1["test_psnr"])
     assert same(before, params(tr))
     assert tr.evaluate()["test_mse"] == pytest.approx(m1["test_mse"])
     assert all(p.grad is None for m in tr.modules.values() for p in m.parameters())
+
+
+@pytest.mark.parametrize(("eval_batches", "n"), [(None, 16), (1, 8), (5, 16)])
+def test_evaluate_counts_its_samples(data, eval_batches, n):
+    """``eval_n``: the whole split (16) when eval_batches is None, else eval_batches x 8
+    capped by the split; each image's MSE recomputed independently (one solve, one batch)."""
+    tr = GenerativeTrainer(make_config(eval_batches=eval_batches), data)
+    m = tr.evaluate()
+    check_eval_samples(m, n)
+    images = torch.stack([data.test[i][0] for i in range(n)])
+    with torch.no_grad():
+        recon = tr.head(tr.solve_latent(images).z)
+    mse = (recon - images).pow(2).flatten(1).mean(1)
+    assert m["test_mse_samples"] == pytest.approx(mse.tolist(), rel=1e-3)
 
 
 def test_psnr_and_sq_error():
@@ -266,7 +282,8 @@ def test_jiio_trained_generator_reconstructs_held_out_digits():
     )
     t0 = time.perf_counter()
     res, tr = train_generative(cfg, DataConfig("digits"))
-    print(f"\nheld-out PSNR {res.metrics} in {time.perf_counter() - t0:.0f} s")
+    shown = {k: v for k, v in res.metrics.items() if not isinstance(v, list)}
+    print(f"\nheld-out PSNR {shown} in {time.perf_counter() - t0:.0f} s")
     assert res.status == "completed"
     assert res.metrics["test_psnr"] > 20.0  # measured: 21.7 dB (median 21.7), ~75 s on 1 CPU thread
     assert res.metrics["test_diverged"] == 0.0

@@ -13,9 +13,10 @@ from orchestrator.tasks.common import TaskConfig
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.inverse import InverseTrainer, corrupt, inpainting_window, train_inverse
 from tests.orchestrator import _latent
-from tests.orchestrator._latent import FAST_JIIO, first_batch, params
+from tests.orchestrator._latent import FAST_JIIO, check_eval_samples, first_batch, params
 
 EVAL_KEYS = {"test_psnr_median", "test_psnr", "test_mse", "corrupted_psnr", "test_diverged", "inner_s"}
+EVAL_KEYS |= {"eval_n", "test_psnr_samples", "test_mse_samples", "corrupted_psnr_samples"}
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +114,14 @@ def test_unsupervised_trains_on_clean_images_and_evaluates_the_inverse_problem(d
     assert math.isfinite(m["test_psnr_median"]) and m["test_psnr_median"] > 0
     assert all(torch.equal(a, b) for a, b in zip(before, params(tr), strict=True))
     again = tr.evaluate()  # the same corruptions every time
-    assert {k: again[k] for k in EVAL_KEYS - {"inner_s"}} == pytest.approx(
-        {k: m[k] for k in EVAL_KEYS - {"inner_s"}}, rel=1e-5
-    )
+    same_keys = {k for k in EVAL_KEYS if k != "inner_s" and not k.endswith("_samples")}
+    assert {k: again[k] for k in same_keys} == pytest.approx({k: m[k] for k in same_keys}, rel=1e-5)
+    assert again["test_psnr_samples"] == pytest.approx(m["test_psnr_samples"], rel=1e-5)
     # the corrupted input's PSNR is that of the masked-out pixels alone
     images = next(tr.eval_batches("test"))[0]
     bad, _ = corrupt(images, "inpainting", tr._eval_generator())
     assert m["corrupted_psnr"] == pytest.approx(float(psnr(bad, images).mean()), rel=1e-5)
+    assert m["eval_n"] == 8 and m["corrupted_psnr_samples"] == pytest.approx(psnr(bad, images).tolist())
 
 
 def test_denoising_eval_reports_the_noisy_input_psnr(data):
@@ -158,6 +160,20 @@ def test_supervised_adam_mode_and_train_inverse(data):
     fresh = InverseTrainer(make_config(task="denoising", supervised=True, mode="adam"), tr.data)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.train_generator.get_state(), tr.train_generator.get_state())
+
+
+def test_whole_split_evaluation_counts_and_lists_every_image(data):
+    """eval_batches=None: all 16 test digits (two batches of 8, corrupted in turn by the
+    evaluation's generator); per-image lists whose means and median are the metrics."""
+    tr = InverseTrainer(make_config(task="denoising", eval_batches=None), data)
+    m = tr.evaluate()
+    check_eval_samples(m, 16)
+    gen, expected = tr._eval_generator(), []
+    for images, _ in tr.eval_batches("test"):
+        bad, _ = corrupt(images, "denoising", gen, tr.config.noise_sigma)
+        expected += psnr(bad, images).tolist()
+    assert len(expected) == len(data.test) == 16
+    assert m["corrupted_psnr_samples"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_inverse_trainer_rejects_the_generative_task(data):
