@@ -267,7 +267,9 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         "Parquet results: "
         f"{where} (trials/, steps/, traces/ under sweep={name})"
     )
-    print(f"Analyse: jiio analyze {args.storage} --name {name}")
+    if outcome.completed and not outcome.interrupted:
+        _analysis(args.storage, name)
+    print(f"Analyse again (plots, --sql, --compare): jiio analyze {args.storage} --name {name}")
     if outcome.errors:
         print(
             f"{outcome.errors} trial(s) ended in error; first: {outcome.first_error}. "
@@ -280,6 +282,20 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         )
         return 1
     return 1 if outcome.interrupted else 0
+
+
+def _analysis(storage: str, name: str) -> None:
+    """The sweep's summary (best configurations with intervals, the paper's, importance) and
+    the path of its HTML report, as ``jiio analyze`` prints them. A failure here never
+    changes the sweep's outcome: its results are written."""
+    from orchestrator.analysis import AnalyzeError
+    from orchestrator.analysis import run as analyze
+
+    print()
+    try:
+        analyze(storage, name, None, as_json=False, plots=True, report=True)
+    except (AnalyzeError, OSError, ValueError) as exc:
+        print(f"(no analysis: {exc})")
 
 
 def _resume_hint(args: argparse.Namespace, script: str, argv: list[str]) -> str:
