@@ -177,6 +177,8 @@ def driver_row(
         "dataset": cfg.data.get("dataset"),
         "seed": cfg.fixed.get("seed", 0),
         **{m: last.get(m) for m in cfg.metrics},
+        # sample counts behind the metrics (eval_n, or a metric's own <metric>_n), as reported
+        **{k: v for k, v in last.items() if (k == "eval_n" or k.endswith("_n")) and type(v) is int},
         "epoch": last.get("epoch"),
         "wall_s": float(record.get("wall_s") or last.get("time_total_s") or 0.0),
         "attempts": int(record.get("attempts") or 0),
