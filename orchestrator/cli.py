@@ -149,7 +149,7 @@ COMMANDS: dict[str, Command] = {
         _bench_run,
     ),
     "analyze": Command(
-        "a sweep's results: tables with 95% intervals, plots, an HTML report; --sql, --compare",
+        "a sweep's results: tables with confidence intervals, plots, an HTML report; --sql, --compare",
         _analyze_arguments,
         _analyze_run,
     ),
