@@ -162,7 +162,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``jiio`` parser; with ``only``, the arguments of that command alone are added (each
+    command's ``add_arguments`` imports its module: ``jiio analyze`` need not import torch)."""
     parser = _Parser(
         prog="jiio",
         description="Joint inference and input optimisation (JIIO) for deep equilibrium models.",
@@ -170,16 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", required=True)
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
+        if only is None or name == only:
+            cmd.add_arguments(p)
         p.set_defaults(command_run=cmd.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jiio`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except SystemExit as stop:  # --help (0) or a parse error (2, already reported)
         return int(stop.code) if isinstance(stop.code, int) else 2
     prog = getattr(args, "command_prog", f"jiio {args.command}")  # a command may name itself

@@ -90,6 +90,7 @@ def train(
             )
         if not row.get("epoch_end"):
             return
+        steps[-1].update(derived_metrics(task_cfg.task, steps[-1]))  # robust_acc on the eval row too
         if writer:
             flush(row["epoch"])
             buf = io.BytesIO()
