@@ -77,10 +77,20 @@ def _history_bytes(kind: str, m: int, D: int, B: int, itemsize: int, image_in_pl
     return {"read": reads * B * itemsize, "written": writes * B * itemsize}
 
 
-def mixer_bench(B: int, D: int, m: int, kind: str, reps: int, device: torch.device, dtype: torch.dtype) -> dict:
+def mixer_bench(
+    B: int,
+    D: int,
+    m: int,
+    kind: str,
+    reps: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk: int | None = None,
+) -> dict:
     """One Anderson step at n = m against two reads of the history (the floor)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    mixer = AndersonMixer(m=m, lam=0.0 if kind == "I" else 1e-5, kind=kind)
+    extra = {} if chunk is None else {"chunk": chunk}
+    mixer = AndersonMixer(m=m, lam=0.0 if kind == "I" else 1e-5, kind=kind, **extra)
     active = torch.ones(B, dtype=torch.bool, device=device)
     x = torch.randn(B, D, generator=gen, dtype=dtype).to(device)
     steps = [torch.randn(B, D, generator=gen, dtype=dtype).to(device) for _ in range(3)]
@@ -232,15 +242,20 @@ def main(argv: list[str] | None = None) -> dict:
         "ms_per_iter": {k: round(v * 1e3, 4) for k, v in wall.items()},
         "overhead_pct": {k: round((v / wall["f+vjp"] - 1) * 100, 2) for k, v in wall.items() if k != "f+vjp"},
         "cpu_ms_per_iter": {k: round(v * 1e3, 4) for k, v in cpu.items()},
-        "cpu_overhead_pct": {k: round((v / cpu["f+vjp"] - 1) * 100, 2) for k, v in cpu.items() if k != "f+vjp"},
+        "cpu_overhead_pct": {
+            k: round((v / cpu["f+vjp"] - 1) * 100, 2) for k, v in cpu.items() if k != "f+vjp"
+        },
         "wall_ms_samples": {k: [round(w * 1e3, 3) for w, _ in v] for k, v in per_iter.items()},
         "cpu_ms_samples": {k: [round(c * 1e3, 3) for _, c in v] for k, v in per_iter.items()},
     }
     if args.mixer:
         D = out["state_per_sample"]
+        cases: list[tuple[int, str, int | None]] = [(20, "I", None), (5, "II", None), (20, "II", None)]
+        if "chunk" in inspect.signature(AndersonMixer).parameters:  # this version can chunk the batch
+            cases.insert(1, (20, "I", max(1, args.batch // 16)))
         out["mixer"] = [
-            mixer_bench(args.batch, D, m, kind, max(args.reps, 5), device, torch.float32)
-            for m, kind in ((20, "I"), (5, "II"), (20, "II"))
+            mixer_bench(args.batch, D, m, kind, max(args.reps, 5), device, torch.float32, chunk)
+            for m, kind, chunk in cases
         ]
     out["loadavg_before"], out["loadavg_after"] = load_before, _loadavg()
     if args.json:
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(
             f"device {out['device']} | torch {out['torch']} | {args.size} MDEQ | batch {args.batch} "
-            f"| {args.threads or out['threads']} threads | {args.iters} iterations x {args.reps} reps (median)"
+            f"| {out['threads']} threads | {args.iters} iterations x {args.reps} reps (median)"
         )
         print(f"load average before {out['loadavg_before']} after {out['loadavg_after']}")
         print(f"{'variant':30s} {'wall ms':>9s} {'overhead':>9s} {'cpu ms':>9s} {'overhead':>9s}")
@@ -260,8 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
         for mx in out.get("mixer", []):
             print(
-                f"anderson step m={mx['m']} {mx['kind']:2s} (n=m, chunk {mx['chunk']}): {mx['step_ms']:.2f} ms, "
-                f"floor (2 reads) {mx['floor_ms']:.2f} ms ({mx['floor_GBps']} GB/s) -> x{mx['step_over_floor']}; "
+                f"anderson step m={mx['m']} {mx['kind']:2s} (n=m, chunk {mx['chunk']}): "
+                f"{mx['step_ms']:.2f} ms, floor (2 reads) {mx['floor_ms']:.2f} ms ({mx['floor_GBps']} GB/s) "
+                f"-> x{mx['step_over_floor']}; "
                 + (
                     f"bytes {mx['bytes_read'] + mx['bytes_written']:,} = x{mx['bytes_over_floor']} floor"
                     if mx["bytes_read"]
