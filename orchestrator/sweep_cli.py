@@ -292,10 +292,34 @@ def _analysis(storage: str, name: str) -> None:
     from orchestrator.analysis import run as analyze
 
     print()
-    try:
-        analyze(storage, name, None, as_json=False, plots=True, report=True)
-    except (AnalyzeError, OSError, ValueError) as exc:
-        print(f"(no analysis: {exc})")
+    if "://" not in storage:  # the report goes beside the results: <storage>/analysis/<sweep>/
+        try:
+            analyze(storage, name, None, as_json=False, plots=True, report=True)
+        except (AnalyzeError, OSError, ValueError) as exc:
+            print(f"(no analysis: {exc})")
+        return
+    # Object storage: drawn in a temporary directory, then put beside the results in the
+    # bucket (nothing is left on the driver's disk), and the printed paths are the bucket's.
+    import contextlib
+    import io
+    import tempfile
+
+    from orchestrator.results import ResultStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                analyze(storage, name, tmp, as_json=False, plots=True, report=True)
+        except (AnalyzeError, OSError, ValueError) as exc:
+            print(out.getvalue() + f"(no analysis: {exc})")
+            return
+        store = ResultStore(storage)
+        target = f"{storage.rstrip('/')}/analysis/{name}"
+        for entry in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, entry), "rb") as f:
+                store.put(f"{store.base}/analysis/{name}/{entry}", f.read())
+        print(out.getvalue().replace(tmp, target), end="")
 
 
 def _resume_hint(args: argparse.Namespace, script: str, argv: list[str]) -> str:

@@ -56,6 +56,9 @@ def test_a_sweep_on_s3_then_analyze_it(s3_bucket, tmp_path):
     store = ResultStore(storage)
     _check(store, "s", 2, {})
     assert not any(tmp_path.iterdir()), "a local file was written next to the driver"
+    # The closing analysis put its report and plots in the bucket, beside the results.
+    assert f"report: {storage}/analysis/s/s-report.html" in out.stdout
+    assert store.fs.get_file_info(f"{store.base}/analysis/s/s-report.html").type == pafs.FileType.File
     # Ray Tune's experiment state is in the bucket as well.
     infos = store.fs.get_file_info(pafs.FileSelector(f"{store.base}/ray", recursive=True))
     assert any(i.base_name.startswith("experiment_state") for i in infos)
