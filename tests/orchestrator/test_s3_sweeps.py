@@ -88,7 +88,7 @@ def test_a_sweep_on_s3_then_analyze_it(s3_bucket, tmp_path):
 def test_sigkill_and_resume_on_s3(s3_bucket, tmp_path):
     storage, name = f"{s3_bucket}/jiio", "k"
     store = ResultStore(storage)
-    extra = ("--trials", "4", "--max-concurrent", "1", "--epochs", "2")
+    extra = ("--trials", "4", "--max-concurrent", "1", "--epochs", "2", "--no-early-stop")
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         _cmd(storage, name, *extra),
@@ -99,7 +99,11 @@ def test_sigkill_and_resume_on_s3(s3_bucket, tmp_path):
         start_new_session=True,
     )
     t0 = time.time()
-    while not (store.keys("trials", name) and store.keys("checkpoints", name)):  # one done, one mid-way
+    def mid_way():  # one trial done, another with a checkpoint and no row yet
+        done = set(store.keys("trials", name))
+        return done and set(store.keys("checkpoints", name)) - done
+
+    while not mid_way():
         assert time.time() - t0 < 400 and proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.3)
     kept = _snapshot(store, name)
@@ -116,7 +120,8 @@ def test_sigkill_and_resume_on_s3(s3_bucket, tmp_path):
         timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "1 to continue" in out.stdout
+    plan = next(line for line in out.stdout.splitlines() if line.startswith(f"sweep {name}: "))
+    assert "1 finished, 1 to continue" in plan, plan
     _check(store, name, 4, kept)
 
 
