@@ -26,11 +26,35 @@ import pyarrow.fs as pafs
 
 from orchestrator.results import ResultStore
 
-__all__ = ["SweepLock", "SweepLockedError"]
+__all__ = ["OrphanedTrialError", "SweepLock", "SweepLockedError", "assert_driver"]
 
 
 class SweepLockedError(RuntimeError):
     """Another live driver is running this sweep."""
+
+
+class OrphanedTrialError(RuntimeError):
+    """A trial whose driver is gone: another driver holds the sweep now, so it must not write."""
+
+
+def assert_driver(store: ResultStore, sweep: str, token: str | None) -> None:
+    """Fencing for trials: raise :class:`OrphanedTrialError` unless the sweep's lock still
+    holds ``token`` (the driver that started this trial). A trial of a SIGKILLed driver
+    lives on for seconds (Ray's workers outlast it); checked before each of its writes, this
+    keeps it from writing over the trial the next driver resumed under the same id."""
+    if not token:
+        return
+    path = f"{store.base}/locks/sweep={sweep}/driver.json"
+    try:
+        with store.fs.open_input_stream(path) as f:
+            owner = json.loads(f.read().decode()).get("token")
+    except (OSError, ValueError):
+        owner = None
+    if owner != token:
+        raise OrphanedTrialError(
+            f"the driver that started this trial of sweep {sweep!r} is gone (its lock is "
+            f"{'held by another driver' if owner else 'released'}): stopping without writing"
+        )
 
 
 def _pid_alive(pid: int) -> bool:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from jiio_core import JIIOResult
 from orchestrator.data import DataConfig, load_dataset
+from orchestrator.lock import assert_driver
 from orchestrator.results import ResultStore
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.common import mean_trace
@@ -183,6 +184,7 @@ def run_solve(
     n = len(objective)
     if n == 0:
         raise ValueError("the test split gave no batch to solve (check eval_batches and the dataset limits)")
+    assert_driver(store, meta.name, meta.extra.get("driver_token"))  # not an orphan of a dead driver
     store.write("steps", meta.name, f"{trial_id}-e0000", rows)
     store.write("traces", meta.name, f"{trial_id}-e0000", traces)
     metrics = {

@@ -24,6 +24,7 @@ reported twice): none of them can duplicate or lose a Parquet row, whose files a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shlex
@@ -162,8 +163,8 @@ def _concurrency(cfg: SweepConfig) -> int:
 def run_sweep(cfg: SweepConfig) -> SweepOutcome:
     """Run (or continue) the sweep ``cfg``, holding its driver lock; returns its outcome."""
     store = ResultStore(cfg.storage)
-    with SweepLock(store, cfg.name, stale_s=cfg.lock_stale_s):
-        return _run_locked(cfg, store)
+    with SweepLock(store, cfg.name, stale_s=cfg.lock_stale_s) as lock:
+        return _run_locked(dataclasses.replace(cfg, extra={**cfg.extra, "driver_token": lock.token}), store)
 
 
 def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from orchestrator.lock import assert_driver
 from orchestrator.results import ResultStore
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.registry import make_trainer
@@ -92,6 +93,7 @@ def train(
             return
         steps[-1].update(derived_metrics(task_cfg.task, steps[-1]))  # robust_acc on the eval row too
         if writer:
+            assert_driver(store, meta.name, meta.extra.get("driver_token"))  # not an orphan of a dead driver
             flush(row["epoch"])
             buf = io.BytesIO()
             torch.save(trainer.state_dict(), buf)
@@ -108,5 +110,6 @@ def train(
 
     result = trainer.fit(callback)
     if steps and writer:  # the rows of an epoch that ended early (diverged)
+        assert_driver(store, meta.name, meta.extra.get("driver_token"))
         flush(trainer.epoch + 1)
     return {**result.metrics, "steps": result.steps}, result.status

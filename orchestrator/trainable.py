@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from orchestrator.data import DataConfig, load_dataset
+from orchestrator.lock import assert_driver
 from orchestrator.results import ResultStore
 from orchestrator.storage_check import assert_marker
 from orchestrator.tasks import TaskConfig
@@ -77,6 +78,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         **provenance(gpu),
     )
     record.setdefault("wall_s", before)
+    assert_driver(store, meta.name, meta.extra.get("driver_token"))
     store.write_record(meta.name, trial_id, record)
 
     def on_checkpoint(epoch: int) -> None:
@@ -122,6 +124,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         "error_history": json.dumps(record.get("errors", [])) if record.get("errors") else None,
         **provenance(gpu),
     }
+    assert_driver(store, meta.name, meta.extra.get("driver_token"))  # an orphan writes no row
     store.write("trials", meta.name, trial_id, [row])
     store.delete_checkpoint(meta.name, trial_id)
     for table in ("steps", "traces"):  # one file per trial from now on (a crash here: the driver redoes it)

@@ -98,3 +98,19 @@ def test_a_torn_lock_file_is_taken_over(tmp_path):
     path.write_bytes(b'{"tok')
     with SweepLock(store, "s"):
         assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_a_trial_of_a_driver_that_lost_its_lock_must_not_write(tmp_path):
+    from orchestrator.lock import OrphanedTrialError, assert_driver
+
+    store = ResultStore(str(tmp_path))
+    lock = SweepLock(store, "s").acquire()
+    assert_driver(store, "s", lock.token)  # its own driver holds the sweep: fine
+    assert_driver(store, "s", None)  # trials of sweeps started by earlier versions: no fencing
+    _plant(store, "s", token="next-driver")  # the driver died and the next one took over
+    with pytest.raises(OrphanedTrialError, match="held by another driver"):
+        assert_driver(store, "s", lock.token)
+    (tmp_path / "locks" / "sweep=s" / "driver.json").unlink()
+    with pytest.raises(OrphanedTrialError, match="released"):
+        assert_driver(store, "s", lock.token)
+    lock.release()

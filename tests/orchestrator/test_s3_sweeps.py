@@ -6,6 +6,7 @@ goes to the bucket too (``<storage>/ray``)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,10 @@ def test_sigkill_and_resume_on_s3(s3_bucket, tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     plan = next(line for line in out.stdout.splitlines() if line.startswith(f"sweep {name}: "))
-    assert "1 finished, 1 to continue" in plan, plan
+    # The killed driver's trial may live on for seconds (Ray's workers outlast their driver)
+    # and finish before the resume starts; after the resume takes the lock it cannot write.
+    found = re.search(r"(\d+) finished, (\d+) to continue", plan)
+    assert found and int(found[1]) + int(found[2]) == 2 and int(found[2]) <= 1, plan
     _check(store, name, 4, kept)
 
 
