@@ -45,6 +45,7 @@ from orchestrator.sweep_state import (
     plan_run,
     quarantine_incomplete,
     record_pareto,
+    sync_records,
     write_meta,
 )
 from orchestrator.trainable import run_trial, trial_id_of
@@ -176,7 +177,7 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     quarantine_incomplete(store, cfg.name)
     trials = store.read("trials", cfg.name, on_corrupt="quarantine")
     finish_compaction(store, cfg.name, set(trials["trial_id"]) if len(trials) else set())
-    records = store.records(cfg.name)
+    records = sync_records(store, cfg.name, trials, store.records(cfg.name))
     if not cfg.resume and (len(trials) or records):
         raise SweepExistsError(
             f"sweep {cfg.name!r} already has {len(trials)} finished and {len(store.pending(cfg.name))} "

@@ -34,6 +34,7 @@ __all__ = [
     "plan_run",
     "quarantine_incomplete",
     "record_pareto",
+    "sync_records",
     "write_meta",
 ]
 
@@ -144,6 +145,19 @@ def plan_run(trials: pd.DataFrame, records: dict[str, dict[str, Any]], searched:
         resume.append((t, records[t]["params"]))
         started.pop(t, None)
     return Plan(done, resume, started, retried)
+
+
+def sync_records(
+    store: ResultStore, sweep: str, trials: pd.DataFrame, records: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """A trial killed between writing its row and marking its record finished leaves a
+    ``running`` record beside a finished row: mark it finished (the row is the truth)."""
+    rows = set(trials["trial_id"]) if len(trials) else set()
+    for tid, rec in records.items():
+        if tid in rows and rec.get("state") != "finished":
+            rec["state"] = "finished"
+            store.write_record(sweep, tid, rec)
+    return records
 
 
 def driver_row(

@@ -152,3 +152,18 @@ def test_planning_a_resume_scales_linearly_with_trials():
     plan = plan_run(trials, records, ("alpha_x",))
     assert time.perf_counter() - t0 < 3.0
     assert len(plan.started) == n and not plan.resume
+
+
+def test_a_record_left_running_beside_a_finished_row_is_marked_finished(tmp_path):
+    """Killed between writing its row and updating its record (measured: an orphaned trial
+    of a SIGKILLed driver did exactly this on S3)."""
+    from orchestrator.sweep_state import sync_records
+
+    store = ResultStore(str(tmp_path))
+    store.write("trials", "s", "a", [{"trial_id": "a", "status": "completed"}])
+    store.write_record("s", "a", {"params": {"alpha_x": 0.1}, "trial_id": "a", "state": "running"})
+    store.write_record("s", "b", {"params": {"alpha_x": 0.2}, "trial_id": "b", "state": "running"})
+    records = sync_records(store, "s", store.read("trials", "s"), store.records("s"))
+    assert store.pending("s") == {"b": {"alpha_x": 0.2}} and records["a"]["state"] == "finished"
+    plan = plan_run(store.read("trials", "s"), records, ("alpha_x",))
+    assert [t for t, _ in plan.resume] == ["b"] and "a" in plan.started
