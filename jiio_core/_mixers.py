@@ -56,7 +56,7 @@ class AndersonMixer:
     row and column per step, never recomputed. The history lives in preallocated ring
     buffers (slot ``t % m`` holds iterate ``t``), written in place and never concatenated,
     stacked or cloned: ``Y`` ``(B, m, D)`` holds the images ``y_i = x_i + beta g_i`` and
-    ``G`` ``(B, m + 1, D)`` the residuals, plus one scratch row for ``x`` (type I). Every
+    ``G`` ``(B, m + 2, D)`` the residuals, plus two scratch rows for ``x`` (type I). Every
     product is one batched matrix product against the ``(m, D)`` history of each sample:
 
     - type II: ``g . g_j`` (one read of ``G``), then the mix ``Y^T alpha`` (one read of
@@ -70,15 +70,25 @@ class AndersonMixer:
       default: on the shared 2-core development machine it was slower (docs/benchmarks.md).
 
     The returned tensor is one of two output buffers, used in turn: it is overwritten by
-    the step after next (the solvers keep at most the previous iterate). ``image_out``
-    hands out the history slot where the next ``g(x)`` may be written directly when
-    ``beta = 1``, which saves copying it into the history.
+    the step after next (the solvers keep at most the previous iterate). By default these
+    are contiguous ``(B, D)`` tensors of their own; ``out_in_history=True`` (for a caller
+    whose iterates may be strided views, as :func:`~jiio_core.jiio_solve`) makes them the
+    two scratch rows of ``G``, so that the next step finds ``x`` already next to the
+    residuals (type I: no copy of ``x``). ``image_out`` hands out the history slot where
+    the next ``g(x)`` may be written directly when ``beta = 1``, which saves copying it
+    into the history.
     """
 
     FALLBACK_LAM = 1e-3  # the paper code: lam = 1e-4, multiplied by 10 before its first use
 
     def __init__(
-        self, m: int = 5, lam: float = 1e-5, beta: float = 1.0, kind: str = "II", chunk: int | None = None
+        self,
+        m: int = 5,
+        lam: float = 1e-5,
+        beta: float = 1.0,
+        kind: str = "II",
+        chunk: int | None = None,
+        out_in_history: bool = False,
     ) -> None:
         if m < 1:
             raise ValueError(f"anderson m must be >= 1, got {m}")
@@ -89,9 +99,10 @@ class AndersonMixer:
         if chunk is not None and chunk < 1:
             raise ValueError(f"anderson chunk must be >= 1 or None, got {chunk}")
         self.m, self.lam, self.beta, self.kind, self.chunk = m, lam, beta, kind, chunk
+        self.out_in_history = out_in_history
         self.k = 0
         self.Y: Tensor | None = None  # (B, m, D): x_i + beta g_i, the damped images
-        self.G: Tensor | None = None  # (B, m + 1, D): residuals g_i; row m: x (type I)
+        self.G: Tensor | None = None  # (B, m + 2, D): residuals g_i; rows m, m + 1: x (type I)
         self.P: Tensor | None = None  # (B, m, m): g_i . g_j (II) or x_i . g_j (I)
         self.out: tuple[Tensor, Tensor] | None = None  # the step's output, two in turn
         self.weights: Tensor | None = None
@@ -101,9 +112,12 @@ class AndersonMixer:
         B, D = x.shape
         # empty, not zeros: only slots already written are read (no zero-filling pass)
         self.Y = x.new_empty(B, self.m, D)
-        self.G = x.new_empty(B, self.m + 1, D)
+        self.G = x.new_empty(B, self.m + 2, D)
         self.P = x.new_zeros(B, self.m, self.m)
-        self.out = (x.new_empty(B, D), x.new_empty(B, D))
+        if self.out_in_history:  # step k reads x from row m + k % 2 and writes the other
+            self.out = (self.G[:, self.m + 1], self.G[:, self.m])
+        else:
+            self.out = (x.new_empty(B, D), x.new_empty(B, D))
 
     def image_out(self, x: Tensor) -> Tensor | None:
         """Where the caller may write ``g(x)`` before the next :meth:`step` with this ``x``
@@ -125,7 +139,7 @@ class AndersonMixer:
             self._allocate(x)
         Y, G, P, m = self.Y, self.G, self.P, self.m
         assert Y is not None and G is not None and P is not None and self.out is not None
-        slot = self.k % m
+        slot, scratch = self.k % m, m + self.k % 2  # scratch: the row of G that holds x
         out = self.out[self.k % 2]
         self.k += 1
         n = min(self.k, m)
@@ -136,10 +150,12 @@ class AndersonMixer:
                 y.copy_(gx)
         else:
             torch.add(x, G[:, slot], alpha=self.beta, out=y)
-        if self.kind == "I":
-            G[:, m].copy_(x)
-        # [g; x] as one (B, 2, D) operand: rows `slot` and `m` of G, a fixed stride apart
-        gx_rows = G.as_strided((B, 2, D), (G.stride(0), (m - slot) * D, 1), G.storage_offset() + slot * D)
+        if self.kind == "I" and not _same_view(x, G[:, scratch]):
+            G[:, scratch].copy_(x)
+        # [g; x] as one (B, 2, D) operand: rows `slot` and `scratch` of G, a fixed stride apart
+        gx_rows = G.as_strided(
+            (B, 2, D), (G.stride(0), (scratch - slot) * D, 1), G.storage_offset() + slot * D
+        )
         weights = x.new_empty(B, n)
         c = self.chunk_size(x)
         for s in range(0, B, c):
@@ -411,10 +427,11 @@ class BroydenMixer:
 def make_mixer(
     solver: str, *, m: int, lam: float = 1e-5, beta: float = 1.0, kind: str = "II", copy: bool = True
 ) -> AndersonMixer | BroydenMixer | DampedMixer:
-    """The mixer for a solver name: ``"anderson"``, ``"broyden"`` or ``"fixed_point"``
-    (``copy``: see :class:`DampedMixer`)."""
+    """The mixer for a solver name: ``"anderson"``, ``"broyden"`` or ``"fixed_point"``.
+    ``copy=False``: the caller owns ``g(x)`` and takes strided iterates (DampedMixer's
+    ``copy``, AndersonMixer's ``out_in_history``)."""
     if solver == "anderson":
-        return AndersonMixer(m=m, lam=lam, beta=beta, kind=kind)
+        return AndersonMixer(m=m, lam=lam, beta=beta, kind=kind, out_in_history=not copy)
     if solver == "broyden":
         return BroydenMixer(m=m)
     if solver == "fixed_point":

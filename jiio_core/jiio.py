@@ -152,6 +152,7 @@ class _Loop:
     best_res: Tensor
     stopped: Tensor
     diverged: Tensor
+    keep_buf: Tensor  # the kept iterate's own buffer (keep_v may refer to v instead: _keep)
     limit: Tensor | None = None
 
 
@@ -236,16 +237,18 @@ class _Augmented:
         )
         inf = torch.full((B,), float("inf"), dtype=v.dtype, device=v.device)
         stopped = torch.zeros(B, dtype=torch.bool, device=v.device)
+        keep_v = v if self.cfg.select == "last" else v.clone()
         return _Loop(
             v=v,
             v_prev=v,
-            keep_v=v if self.cfg.select == "last" else v.clone(),
+            keep_v=keep_v,
             keep_res=inf.clone(),
             keep_obj=inf.clone(),
             keep_mu=inf.clone(),
             best_res=inf.clone(),
             stopped=stopped,
             diverged=torch.zeros_like(stopped),
+            keep_buf=keep_v,
         )
 
     def record(
@@ -290,18 +293,32 @@ class _Augmented:
                 reset = ok & ((sel < st.best_res) | (k < _SELECT_WARMUP))
                 take = reset | (ok & (obj < st.keep_obj) & (sel < cfg.select_slack * st.best_res))
                 st.best_res = torch.where(reset, sel, st.best_res)
-            if not host:
-                torch.where(take[:, None], st.v, st.keep_v, out=st.keep_v)
-            elif bool(take.all()):
-                st.keep_v.copy_(st.v)
-            elif bool(take.any()):
-                torch.where(take[:, None], st.v, st.keep_v, out=st.keep_v)
+            self._keep(st, take, host)
         st.keep_res = torch.where(take, rel, st.keep_res)
         st.keep_obj = torch.where(take, obj, st.keep_obj)
         st.keep_mu = torch.where(take, blocks["mu_rel"], st.keep_mu)
         if cfg.early_stop:
             st.stopped |= ok & (rel <= cfg.tol)
         return torch.stack([blocks[name] for name in TRACE_KEYS]), ok
+
+    @staticmethod
+    def _keep(st: _Loop, take: Tensor, host: bool) -> None:
+        """``keep_v = where(take, v, keep_v)``. On the host, when every sample takes v,
+        ``keep_v`` just refers to ``v`` (no copy); that reference is resolved (re-pointed,
+        or copied into ``keep_buf``) at the next iteration, before the solver's step can
+        overwrite the buffer behind it (the mixers' buffers live at least two steps)."""
+        if not host:
+            torch.where(take[:, None], st.v, st.keep_v, out=st.keep_v)
+            return
+        aliased = st.keep_v is not st.keep_buf
+        if bool(take.all()):
+            st.keep_v = st.v
+        elif bool(take.any()):
+            torch.where(take[:, None], st.v, st.keep_v, out=st.keep_buf)
+            st.keep_v = st.keep_buf
+        elif aliased:
+            st.keep_buf.copy_(st.keep_v)
+            st.keep_v = st.keep_buf
 
 
 def jiio_solve(

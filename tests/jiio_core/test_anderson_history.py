@@ -78,8 +78,10 @@ def _slot_weights(weights: torch.Tensor, t: int, n: int, m: int) -> np.ndarray:
 @pytest.mark.parametrize(("kind", "lam", "beta"), [("I", 0.0, 1.0), ("II", 0.0, 1.0), ("I", 1e-5, 1.0),
                                                    ("II", 1e-5, 0.7), ("I", 0.0, 0.5)])  # fmt: skip
 def test_ring_buffer_weights_and_steps_match_the_reference(kind, lam, beta, in_place, chunk):
+    """``in_place``: jiio_solve's path, g(x) written into the history slot and the output
+    (the next x) kept in G's scratch rows."""
     A, b = _contraction()
-    mixer = AndersonMixer(m=M, lam=lam, beta=beta, kind=kind, chunk=chunk)
+    mixer = AndersonMixer(m=M, lam=lam, beta=beta, kind=kind, chunk=chunk, out_in_history=in_place)
     refs = [ReferenceAnderson(M, lam, beta, kind) for _ in range(B)]
     active = torch.ones(B, dtype=torch.bool)
     x = torch.full((B, D), 0.1, dtype=torch.float64)
@@ -94,6 +96,7 @@ def test_ring_buffer_weights_and_steps_match_the_reference(kind, lam, beta, in_p
                 gx = slot
         want = [ref.step(x[i].numpy().copy(), gx[i].numpy().copy()) for i, ref in enumerate(refs)]
         out = mixer.step(x, gx, active)
+        assert in_place == (out.data_ptr() >= mixer.G.data_ptr() + M * D * 8 and out.stride(0) != D)
         n = min(t + 1, M)
         got_w = _slot_weights(mixer.weights, t, n, M)
         for i in range(B):
@@ -165,11 +168,14 @@ class _Record(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
         self.allocated = 0
+        self.copied = 0  # the largest copy_ (elements)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.ops.append(str(func.overloadpacket))
+        if func.overloadpacket is torch.ops.aten.copy_:
+            self.copied = max(self.copied, args[0].numel())
         schema = func._schema
         fresh = not schema.is_mutable and all(r.alias_info is None for r in schema.returns)  # not a view
         for t in out if isinstance(out, (tuple, list)) else [out]:
@@ -183,7 +189,7 @@ def test_a_step_moves_no_history_copy(kind):
     """A steady-state step concatenates, stacks and clones nothing, allocates nothing of the
     state's size, and keeps its buffers: the history is written in place."""
     Bn, Dn, m = 4, 512, 6
-    mixer = AndersonMixer(m=m, lam=0.0, kind=kind)
+    mixer = AndersonMixer(m=m, lam=0.0, kind=kind, out_in_history=True)
     active = torch.ones(Bn, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(Bn, Dn, generator=gen)
@@ -196,6 +202,7 @@ def test_a_step_moves_no_history_copy(kind):
         mixer.step(x, gx, active)
     assert not {"aten.cat", "aten.stack", "aten.clone"} & set(rec.ops), rec.ops
     assert rec.allocated < Bn * Dn, rec.allocated  # only (B, m)-sized temporaries
+    assert rec.copied < Bn * Dn, rec.copied  # x is already next to the residuals, g(x) in its slot
     assert (mixer.Y.data_ptr(), mixer.G.data_ptr(), mixer.P.data_ptr()) == buffers
     bmm = rec.ops.count("aten.bmm")
     assert bmm == (3 if kind == "I" else 2)  # Gram row: 1 (II) or 2 (I) products; the mix: 1
