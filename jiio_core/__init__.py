@@ -20,10 +20,12 @@ from .deq import DEQ, DEQInfo
 from .implicit import attach_implicit_grad
 from .jiio import JIIOResult, jiio_solve, l2_ball
 from .models import ClassifierHead, ImageHead, MDEQCell, MDEQConfig, count_parameters
+from .presets import PRESETS, Preset, preset
 from .solvers import SolverResult, anderson, batch_norm, broyden, fixed_point, solve
 
 __all__ = [
     "DEQ",
+    "PRESETS",
     "SOLVERS",
     "AttackStats",
     "ClassifierHead",
@@ -35,6 +37,7 @@ __all__ = [
     "LatentStats",
     "MDEQCell",
     "MDEQConfig",
+    "Preset",
     "SolverResult",
     "adam_latent",
     "anderson",
@@ -46,5 +49,6 @@ __all__ = [
     "jiio_solve",
     "l2_ball",
     "pgd_attack",
+    "preset",
     "solve",
 ]

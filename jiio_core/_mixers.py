@@ -180,9 +180,9 @@ class AndersonMixer:
         if n == 1:  # a plain step; H's first entry is kept for the next steps
             out.copy_(Y[:, slot])
             return torch.ones_like(P[:, 0, :1])
-        H = (
-            P[:, :n, :n] if self.kind == "II" else P[:, :n, :n] - P[:, slot : slot + 1, :n]
-        )  # I: (x_i - x) . g_j
+        H = P[:, :n, :n]
+        if self.kind == "I":
+            H = H - P[:, slot : slot + 1, :n]  # (x_i - x) . g_j
         host = H.device.type == "cpu"
         if self.lam > 0:
             alpha, bad = _ridge_weights(H, self.lam)

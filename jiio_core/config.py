@@ -207,6 +207,15 @@ class JIIOConfig:
         return asdict(self)
 
     @classmethod
+    def preset(cls, name: str) -> JIIOConfig:
+        """A named setting of :data:`jiio_core.presets.PRESETS` (the paper's, and those the
+        project's solver sweeps found, each with its source), e.g.
+        ``JIIOConfig.preset("paper-mnist-adversarial")``."""
+        from .presets import preset
+
+        return preset(name)
+
+    @classmethod
     def paper(cls, task: str) -> JIIOConfig:
         """The settings of the paper's released code (DESIGN.md section 4) for ``task``.
 

@@ -2,7 +2,8 @@
 
 ``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
 ``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
-scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`).
+scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`), ``jiio train --out FILE``
+(:mod:`orchestrator.train_cli`).
 Adding a sub-command is one entry in :data:`COMMANDS`: a help line, a function that adds
 its arguments to an ``argparse`` parser, and a function that runs it from the parsed
 namespace and returns the exit code.
@@ -125,6 +126,21 @@ def _sweep_run(args: argparse.Namespace) -> int:
     return sweep_main(module.SPEC, list(args.args))
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from orchestrator import train_cli
+
+    train_cli.add_arguments(parser)
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    from orchestrator import train_cli
+
+    try:
+        return train_cli.run(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _confirm_arguments(parser: argparse.ArgumentParser) -> None:
     from orchestrator import confirm
 
@@ -154,6 +170,11 @@ COMMANDS: dict[str, Command] = {
         _analyze_run,
     ),
     "sweep": Command("run a sweep (same as python sweeps/<script>.py ...)", _sweep_arguments, _sweep_run),
+    "train": Command(
+        "train one model (clean / PGD / JIIO adversarial, or a decoder) and save its checkpoint",
+        _train_arguments,
+        _train_run,
+    ),
     "confirm": Command(
         "re-run a sweep's top configurations and the paper's with new seeds; mean and spread",
         _confirm_arguments,

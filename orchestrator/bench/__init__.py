@@ -44,7 +44,7 @@ from orchestrator.bench._common import (
     _pos_int,
 )
 from orchestrator.bench._common import _steps as _steps
-from orchestrator.bench._common import _test_batch as _test_batch
+from orchestrator.bench._common import _test_batches as _test_batches
 from orchestrator.bench.attack import run_attack
 from orchestrator.bench.latent import LATENT_ALPHA_X, LATENT_ANDERSON_M, LATENT_ANDERSON_TYPE, run_latent
 from orchestrator.bench.report import _finite, _render
@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--jiio-iters", type=_pos_int, default=80, help="N: JIIO iterations (default 80)")
     a.add_argument(
         "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
+    )
+    a.add_argument(
+        "--plot",
+        default="bench_attack.png",
+        help="strength-versus-time PNG: PGD's per-step curve and every JIIO variant (default "
+        "bench_attack.png; '' for none)",
     )
     a.set_defaults(bench_run=run_attack, command_prog=a.prog)
 
@@ -109,7 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
     )
     lat.add_argument(
-        "--plot", default="bench_latent.png", help="loss-versus-time PNG (default bench_latent.png)"
+        "--plot",
+        default="bench_latent.png",
+        help="loss-versus-time PNG (default bench_latent.png; '' for none)",
     )
     lat.set_defaults(bench_run=run_latent, command_prog=lat.prog)
 

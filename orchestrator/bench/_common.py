@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, MDEQCell, MDEQConfig
+from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, JIIOConfig, MDEQCell, MDEQConfig
 from orchestrator.data import (
     DATASETS,
     DataConfig,
@@ -40,6 +41,7 @@ __all__ = [
     "_device_name",
     "_environment",
     "_interleave",
+    "_jiio_variant",
     "_load",
     "_load_checkpoint",
     "_load_data",
@@ -51,7 +53,7 @@ __all__ = [
     "_setup",
     "_steps",
     "_sync",
-    "_test_batch",
+    "_test_batches",
     "_timed",
     "_z0",
 ]
@@ -107,7 +109,20 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         help=f"Adam steps of the in-process training when no --checkpoint (default {train_steps})",
     )
     p.add_argument("--batch", type=_pos_int, default=batch, help=f"held-out batch size (default {batch})")
-    p.add_argument("--reps", type=_pos_int, default=3, help="timed repetitions, median reported (default 3)")
+    p.add_argument(
+        "--samples",
+        type=_pos_int,
+        default=256,
+        help="held-out samples, taken in batches of --batch; strengths and losses are reported "
+        "with 95%% intervals over them (default 256)",
+    )
+    p.add_argument(
+        "--reps",
+        type=_pos_int,
+        default=2,
+        help="timed passes over the samples; every batch of every pass is one paired timing run "
+        "of all methods, in turn (default 2)",
+    )
     p.add_argument(
         "--deq-solver",
         choices=SOLVERS,
@@ -128,6 +143,15 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         default=1,
         help="torch CPU threads (default 1: steady timings on a shared machine, where more threads "
         "than free cores make every method several times slower; 0: torch's default)",
+    )
+    p.add_argument(
+        "--jiio-config",
+        action="append",
+        default=[],
+        metavar="PRESET|NAME=VALUE,...",
+        help="an extra JIIO variant, timed and scored beside the others: a preset of "
+        "JIIOConfig.preset (e.g. paper-mnist-adversarial) or fields set on the bench's JIIO "
+        "settings, e.g. max_iter=30,anderson_m=5 (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -269,11 +293,24 @@ def _build(
     return cell, head, ckpt, size, latent
 
 
-def _test_batch(splits: DatasetSplits, batch: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    if len(splits.test) < batch:
-        raise BenchInputError(f"--batch {batch} is larger than the test split ({len(splits.test)} images)")
-    x, y = next(iter(make_loader(splits.test, batch, shuffle=True, seed=seed)))
-    return x.to(device), y.to(device)
+def _test_batches(
+    splits: DatasetSplits, samples: int, batch: int, seed: int, device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
+    """``samples`` held-out images in batches of ``batch`` (the last one smaller if need be),
+    drawn once, in a fixed shuffled order."""
+    if len(splits.test) < samples:
+        raise BenchInputError(
+            f"--samples {samples} is larger than the test split ({len(splits.test)} images)"
+        )
+    if batch > samples:
+        raise BenchInputError(f"--batch {batch} is larger than --samples {samples}")
+    out, left = [], samples
+    for x, y in make_loader(splits.test, batch, shuffle=True, seed=seed):
+        if left <= 0:
+            break
+        out.append((x[:left].to(device), y[:left].to(device)))
+        left -= len(out[-1][0])
+    return out
 
 
 def _baseline_deq(args: argparse.Namespace) -> DEQConfig:
@@ -324,18 +361,54 @@ def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor:
         return cell(cell.init_z(x), x)
 
 
+def _jiio_variant(spec: str, base: JIIOConfig) -> JIIOConfig:
+    """``--jiio-config``: a preset name (:data:`jiio_core.PRESETS`) or ``NAME=VALUE,...``
+    fields set on ``base`` (the bench's own JIIO settings)."""
+    if "=" not in spec:
+        try:
+            return JIIOConfig.preset(spec)
+        except ValueError as err:
+            raise BenchInputError(f"--jiio-config {spec}: {err}") from None
+    changes: dict[str, Any] = {}
+    for item in spec.split(","):
+        name, _, text = item.partition("=")
+        name = name.strip()
+        if name not in {f.name for f in dataclasses.fields(JIIOConfig)}:
+            raise BenchInputError(f"--jiio-config {spec}: {name!r} is not a JIIOConfig field")
+        try:
+            changes[name] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[name] = text.strip()
+    try:
+        return base.replace(**changes)
+    except (ValueError, TypeError) as err:
+        raise BenchInputError(f"--jiio-config {spec}: {err}") from None
+
+
 def _steps(k: int) -> list[int]:
     """The row counts shown for a budget of ``k`` steps: k/4, k/2 and k (deduplicated)."""
     return sorted({max(1, k // 4), max(1, k // 2), k})
 
 
 def _interleave(
-    variants: dict[str, Callable[[], Any]], reps: int, log: _Log
-) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Run every variant once per repetition, in turn; return outputs per rep and the last."""
-    outs: dict[str, list[Any]] = {k: [] for k in variants}
+    variants: dict[str, Callable[[Tensor, Tensor], Any]],
+    batches: list[tuple[Tensor, Tensor]],
+    reps: int,
+    log: _Log,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Any]]]:
+    """Run every variant on every batch, in turn (a paired timing run per batch), ``reps``
+    times over. Returns each variant's timings, one ``{"seconds", "times"?}`` per run in run
+    order (``times``: a baseline's per-step clock), and its full outputs of the last pass
+    (one per batch)."""
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    last: dict[str, list[Any]] = {k: [] for k in variants}
     for r in range(reps):
-        for name, fn in variants.items():
-            outs[name].append(fn())
-        log(f"rep {r + 1}/{reps}: " + ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in outs.items()))
-    return outs, {k: v[-1] for k, v in outs.items()}
+        for b, (x, y) in enumerate(batches):
+            for name, fn in variants.items():
+                out = fn(x, y)
+                runs[name].append({k: out[k] for k in ("seconds", "times") if k in out})
+                if r == reps - 1:
+                    last[name].append(out)
+            shown = ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items())
+            log(f"pass {r + 1}/{reps}, batch {b + 1}/{len(batches)}: {shown}")
+    return runs, last

@@ -23,14 +23,17 @@ from orchestrator.bench._common import (
     _CallClock,
     _environment,
     _interleave,
+    _jiio_variant,
     _load_data,
     _Log,
     _setup,
     _steps,
-    _test_batch,
+    _test_batches,
     _timed,
     _z0,
 )
+from orchestrator.bench.measure import accuracy_interval, crossing, mean_interval, ratio_interval
+from orchestrator.bench.report import _plot_attack
 from orchestrator.data import DatasetSplits, make_loader
 
 __all__ = ["_train_classifier", "run_attack"]
@@ -74,18 +77,78 @@ def _train_classifier(
     }
 
 
+def _per_sample(model: Callable[[Tensor], Tensor], x_adv: Tensor, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Correct (0/1), cross-entropy and perturbation norm per sample, by the plain DEQ."""
+    with torch.no_grad():
+        logits = model(x_adv)
+    return {
+        "correct": (logits.argmax(1) == y).float(),
+        "ce": F.cross_entropy(logits, y, reduction="none"),
+        "delta": (x_adv - x).reshape(x.shape[0], -1).norm(dim=1),
+    }
+
+
+def _cat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _row(method: str, steps: int, label: str, times: list[float], s: dict[str, Tensor]) -> dict[str, Any]:
+    acc, ce = accuracy_interval(s["correct"]), mean_interval(s["ce"])
+    return {
+        "method": method,
+        "steps": steps,
+        "label": label,
+        "seconds": statistics.median(times),  # per batch
+        "seconds_all": times,
+        "accuracy": acc["mean"],
+        "accuracy_ci": [acc["low"], acc["high"]],
+        "loss": ce["mean"],
+        "loss_ci": [ce["low"], ce["high"]],
+        "max_perturbation": float(s["delta"].max()),
+        "n": acc["n"],
+    }
+
+
+def _versus(
+    pgd_times: list[list[float]], curve: list[dict[str, Tensor]], row: dict[str, Any], s: dict[str, Tensor]
+) -> dict[str, Any]:
+    """One JIIO variant against the PGD run: raw speedup, and the speed ratio at equal
+    strength by cross-entropy and by accuracy (paired per sample), with intervals."""
+    t_j, K = row["seconds_all"], len(curve) - 1
+    runs = len(t_j)
+
+    def at(k: int | None) -> dict[str, float] | None:
+        return None if k is None else ratio_interval([pgd_times[r][k] for r in range(runs)], t_j)
+
+    out: dict[str, Any] = {"label": row["label"], "speedup": at(K)}
+    for by, key, higher in (("loss", "ce", True), ("accuracy", "correct", False)):
+        c = crossing([p[key] for p in curve], s[key], higher_is_stronger=higher)
+        low, high = at(c["step_low"]), at(c["step_high"])
+        out[f"equal_{by}"] = {
+            **c,
+            "ratio": at(c["step"]),
+            # PGD steps from "cannot be told apart" to "stronger beyond doubt": the ratio's range
+            "range": [low["low"] if low else None, high["high"] if high else None],
+            "lower_bound": at(K)["low"] if c["step"] is None else None,  # type: ignore[index]
+        }
+    return out
+
+
 def run_attack(args: argparse.Namespace) -> dict[str, Any]:
-    """``jiio bench attack``: PGD-K vs JIIO-N on one classifier and one test batch."""
+    """``jiio bench attack``: PGD-K vs JIIO-N (and ``--jiio-config`` variants) on one
+    classifier, over ``--samples`` held-out images in batches."""
     device, log = _setup(args, "attack")
     splits = _load_data(args)
     if splits.num_classes < 2:
         raise BenchInputError(f"bench attack needs a labelled dataset; {args.dataset} has no classes")
     cell, head, ckpt, size, _ = _build(args, splits, "attack")
-    x, y = _test_batch(splits, args.batch, args.seed, device)  # checked before any training
+    batches = _test_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
+    base = JIIOConfig.paper("mnist_adversarial")
+    extra = {spec: _jiio_variant(spec, base) for spec in args.jiio_config}
     cell, head = cell.to(device), head.to(device)
     if ckpt:
         log(f"loaded {size} MDEQ classifier from {args.checkpoint}")
-        training: dict[str, Any] = {"source": "checkpoint", "path": args.checkpoint}
+        training: dict[str, Any] = {"source": "checkpoint", "path": args.checkpoint, "config": ckpt["config"]}
     else:
         log(f"training a {size} MDEQ classifier on {args.dataset}: {args.train_steps} steps")
         training = {"source": "trained", **_train_classifier(cell, head, splits, args, device, log)}
@@ -99,54 +162,32 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     def model(inp: Tensor) -> Tensor:
         return head(deq(inp)[0])
 
-    def evaluate(x_adv: Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            logits = model(x_adv)
-        delta = (x_adv - x).reshape(x.shape[0], -1).norm(dim=1)
-        return {
-            "accuracy": float((logits.argmax(1) == y).float().mean()),
-            "loss": float(F.cross_entropy(logits, y, reduction="none").mean()),
-            "max_perturbation": float(delta.max()),
-        }
+    clean = _cat([_per_sample(model, x, x, y) for x, y in batches])
+    log(
+        f"clean accuracy {float(clean['correct'].mean()):.3f} on {args.samples} samples; "
+        f"{args.reps} pass(es) over {len(batches)} batches"
+    )
 
-    clean = evaluate(x)
-    log(f"clean accuracy on the batch: {clean['accuracy']:.3f}; timing {args.reps} interleaved reps")
-
-    def pgd(k: int) -> Callable[[], dict[str, Any]]:
+    def pgd(k: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:
         clock = _CallClock(model, device)
 
-        def go() -> dict[str, Any]:
+        def go(x: Tensor, y: Tensor) -> dict[str, Any]:
             clock.reset()
-            _, st = pgd_attack(clock, x, y, eps=args.eps, step_size=args.pgd_step_size, steps=k)
+            pgd_attack(clock, x, y, eps=args.eps, step_size=args.pgd_step_size, steps=k)
             # call k starts when the k-th iterate exists; the last one (k = K) is pgd_attack's
             # own loss report, not part of the attack, so the attack's time is its start
-            return {
-                "seconds": clock.starts[-1],
-                "times": list(clock.starts),
-                "inputs": list(clock.inputs),
-                "curve": [*st.step_loss, float(st.final_loss.mean())],  # mean CE at iterate k
-            }
+            return {"seconds": clock.starts[-1], "times": list(clock.starts), "inputs": list(clock.inputs)}
 
         return go
 
-    def loss_fn(z: Tensor) -> Tensor:  # JIIO minimises: the negated cross-entropy
-        return -F.cross_entropy(head(z), y, reduction="none")
+    def jiio(cfg: JIIOConfig) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        def go(x: Tensor, y: Tensor) -> dict[str, Any]:
+            def loss_fn(z: Tensor) -> Tensor:  # JIIO minimises: the negated cross-entropy
+                return -F.cross_entropy(head(z), y, reduction="none")
 
-    base = JIIOConfig.paper("mnist_adversarial")
-
-    def jiio_cfg(n: int) -> JIIOConfig:  # the alpha_x drop follows n (the paper's rule)
-        return base.replace(max_iter=n)
-
-    project = l2_ball(x, args.eps)
-
-    def jiio(n: int) -> Callable[[], dict[str, Any]]:
-        cfg = jiio_cfg(n)
-
-        def go() -> dict[str, Any]:
             def solve() -> Any:
-                return jiio_solve(
-                    cell, loss_fn, x, z0=_z0(cell, x, args.jiio_z0), config=cfg, project=project
-                )
+                z0 = _z0(cell, x, args.jiio_z0)
+                return jiio_solve(cell, loss_fn, x, z0=z0, config=cfg, project=l2_ball(x, args.eps))
 
             seconds, res = _timed(solve, device)
             return {"seconds": seconds, "x": res.x, "res": res}
@@ -155,51 +196,50 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
 
     # PGD with k < K steps is, step for step, the first k steps of PGD-K (fixed step size,
     # no random start): its rows are read off the PGD-K run (iterate k and the time it
-    # existed) instead of being run again. JIIO-n is not a prefix of JIIO-N (the alpha_x
-    # switch and the best-iterate selection depend on N): each n is its own run.
-    K, jiio_iters = args.pgd_steps, _steps(args.jiio_iters)
-    variants = {f"pgd-{K}": pgd(K)}
-    variants.update({f"jiio-{n}": jiio(n) for n in jiio_iters})
-    pgd(1)(), jiio(2)()  # warm-up: allocator, kernels, lazy init
-    per_rep, last = _interleave(variants, args.reps, log)
+    # existed). JIIO-n is not a prefix of JIIO-N (the alpha_x switch and the best-iterate
+    # selection depend on N): each n is its own run.
+    K = args.pgd_steps
+    configs = {f"jiio-{n}": base.replace(max_iter=n) for n in _steps(args.jiio_iters)}
+    configs.update(extra)
+    variants = {f"pgd-{K}": pgd(K), **{name: jiio(cfg) for name, cfg in configs.items()}}
+    x_w, y_w = batches[0]
+    pgd(1)(x_w, y_w), jiio(base.replace(max_iter=2))(x_w, y_w)  # warm-up: allocator, kernels, lazy init
+    runs, last = _interleave(variants, batches, args.reps, log)
 
-    rows = []
-    pgd_outs = per_rep.pop(f"pgd-{K}")
-    for k in _steps(K):
-        times = [o["times"][k] for o in pgd_outs]
-        rows.append(
-            {
-                "method": "pgd",
-                "steps": k,
-                "seconds": statistics.median(times),
-                "seconds_all": times,
-                **evaluate(pgd_outs[-1]["inputs"][k]),
-            }
+    pgd_times = [run["times"] for run in runs.pop(f"pgd-{K}")]
+    pgd_last = last.pop(f"pgd-{K}")
+    curve = [
+        _cat([_per_sample(model, o["inputs"][k], x, y) for o, (x, y) in zip(pgd_last, batches, strict=True)])
+        for k in range(K + 1)
+    ]
+    rows = [_row("pgd", k, f"pgd-{k}", [t[k] for t in pgd_times], curve[k]) for k in _steps(K)]
+    samples: dict[str, dict[str, Tensor]] = {}
+    for name, outs in last.items():
+        samples[name] = _cat(
+            [_per_sample(model, o["x"], x, y) for o, (x, y) in zip(outs, batches, strict=True)]
         )
-    for name, outs in per_rep.items():
-        res = last[name]["res"]
-        rows.append(
-            {
-                "method": "jiio",
-                "steps": int(name.split("-")[1]),
-                "seconds": statistics.median(o["seconds"] for o in outs),
-                "seconds_all": [o["seconds"] for o in outs],
-                **evaluate(res.x),
-                "objective": float(-res.objective.mean()),  # JIIO's own estimate of the CE
-                "diverged": float(res.diverged.float().mean()),
-            }
-        )
-    by = {f"{r['method']}-{r['steps']}": r for r in rows}
-    p_main, j_main = by[f"pgd-{args.pgd_steps}"], by[f"jiio-{args.jiio_iters}"]
+        steps = configs[name].max_iter
+        row = _row("jiio", steps, name, [run["seconds"] for run in runs[name]], samples[name])
+        row["objective"] = statistics.fmean(float(-o["res"].objective.mean()) for o in outs)  # JIIO's own CE
+        row["diverged"] = statistics.fmean(float(o["res"].diverged.float().mean()) for o in outs)
+        if name in extra:
+            row["jiio_config"] = configs[name].to_dict()
+        rows.append(row)
+    by = {r["label"]: r for r in rows}
+    p_main, j_main = by[f"pgd-{K}"], by[f"jiio-{args.jiio_iters}"]
+    versus = {name: _versus(pgd_times, curve, by[name], samples[name]) for name in samples}
+    main = versus[f"jiio-{args.jiio_iters}"]
     tol = 1e-5 * max(1.0, args.eps)
-    within = all(r["max_perturbation"] <= args.eps + tol for r in rows)
     stronger = [r for r in rows if r["method"] == "pgd" and r["loss"] >= j_main["loss"]]
-    p_curve = {
-        "seconds": [statistics.median(t) for t in zip(*(o["times"] for o in pgd_outs), strict=True)],
-        "loss": pgd_outs[-1]["curve"],
-    }
-    reach = next((k for k, v in enumerate(p_curve["loss"]) if v >= j_main["loss"]), None)
     cheapest = min(stronger, key=lambda r: r["seconds"]) if stronger else None
+    reach = main["equal_loss"]["step"]
+    p_curve = {
+        "seconds": [statistics.median(t[k] for t in pgd_times) for k in range(K + 1)],
+        "loss": [float(c["ce"].mean()) for c in curve],
+        "loss_ci": [[mean_interval(c["ce"])[b] for b in ("low", "high")] for c in curve],
+        "accuracy": [float(c["correct"].mean()) for c in curve],
+        "seconds_runs": pgd_times,  # per timing run: when iterate k existed
+    }
     out = {
         "bench": "attack",
         **_environment(device, args),
@@ -207,29 +247,35 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
             "dataset": args.dataset,
             "size": size,
             "batch": args.batch,
+            "samples": args.samples,
             "reps": args.reps,
+            "timing_runs": len(j_main["seconds_all"]),
             "eps": args.eps,
-            "pgd_steps": args.pgd_steps,
+            "pgd_steps": K,
             "pgd_step_size": args.pgd_step_size,
             "pgd_normalize": True,
             "jiio_iters": args.jiio_iters,
             "jiio_z0": args.jiio_z0,
+            "jiio_configs": list(extra),
             "checkpoint": args.checkpoint,
             "train_steps": None if ckpt else args.train_steps,
             "deq": dataclasses.asdict(deq_cfg),
-            "jiio": jiio_cfg(args.jiio_iters).to_dict(),
+            "jiio": base.replace(max_iter=args.jiio_iters).to_dict(),
         },
         "model": {
             **training,
             "parameters": n_params,
-            "clean_accuracy": clean["accuracy"],
-            "clean_loss": clean["loss"],
+            "clean_accuracy": float(clean["correct"].mean()),
+            "clean_accuracy_ci": [accuracy_interval(clean["correct"])[b] for b in ("low", "high")],
+            "clean_loss": float(clean["ce"].mean()),
         },
         "pgd": p_main,
         "jiio": j_main,
         "rows": rows,
-        "within_eps": within,
+        "versus": versus,
+        "within_eps": all(r["max_perturbation"] <= args.eps + tol for r in rows),
         "speedup": p_main["seconds"] / j_main["seconds"],
+        "speedup_ci": main["speedup"],
         "equal_or_better_strength": j_main["loss"] >= p_main["loss"]
         or j_main["accuracy"] <= p_main["accuracy"],
         "equal_strength_pgd_steps": cheapest["steps"] if cheapest else None,
@@ -237,12 +283,14 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
         "speed_ratio_at_equal_strength_lower_bound": None
         if cheapest
         else p_main["seconds"] / j_main["seconds"],
-        # the same at the granularity of single PGD steps (PGD's per-step CE, same DEQ solve)
+        # the same at the granularity of single PGD steps, paired per sample, with intervals
         "pgd_curve": p_curve,
         "pgd_steps_to_jiio_loss": reach,
         "pgd_seconds_to_jiio_loss": p_curve["seconds"][reach] if reach is not None else None,
-        "speed_ratio_at_equal_loss": p_curve["seconds"][reach] / j_main["seconds"]
-        if reach is not None
-        else None,
+        "speed_ratio_at_equal_loss": main["equal_loss"]["ratio"]["ratio"] if reach is not None else None,
+        "plot": None,
     }
+    if args.plot:
+        out["plot"] = _plot_attack(args.plot, out)
+        log(f"wrote {out['plot']}")
     return out

@@ -21,13 +21,15 @@ from orchestrator.bench._common import (
     _CallClock,
     _environment,
     _interleave,
+    _jiio_variant,
     _load_data,
     _Log,
     _setup,
-    _test_batch,
+    _test_batches,
     _timed,
     _z0,
 )
+from orchestrator.bench.measure import crossing, mean_interval, ratio_interval
 from orchestrator.bench.report import _plot_latent
 from orchestrator.data import DatasetSplits
 
@@ -116,50 +118,52 @@ def _train_decoder(
     }
 
 
+def _versus(
+    adam_times: list[list[float]], curve: list[Tensor], row: dict[str, Any], loss: Tensor
+) -> dict[str, Any]:
+    """One JIIO variant against the Adam run: raw speedup and the speed ratio at equal
+    reconstruction loss (paired per image), with intervals."""
+    t_j, S = row["seconds_all"], len(curve) - 1
+
+    def at(k: int | None) -> dict[str, float] | None:
+        return None if k is None else ratio_interval([adam_times[r][k] for r in range(len(t_j))], t_j)
+
+    c = crossing(curve, loss, higher_is_stronger=False)
+    low, high = at(c["step_low"]), at(c["step_high"])
+    return {
+        "label": row["label"],
+        "speedup": at(S),
+        "equal_loss": {
+            **c,
+            "ratio": at(c["step"]),
+            "range": [low["low"] if low else None, high["high"] if high else None],
+            "lower_bound": at(S)["low"] if c["step"] is None else None,  # type: ignore[index]
+        },
+    }
+
+
+def _row(method: str, steps: int, label: str, times: list[float], loss: Tensor) -> dict[str, Any]:
+    m = mean_interval(loss)
+    return {
+        "method": method,
+        "steps": steps,
+        "label": label,
+        "seconds": statistics.median(times),  # per batch
+        "seconds_all": times,
+        "loss": m["mean"],
+        "loss_ci": [m["low"], m["high"]],
+        "n": m["n"],
+    }
+
+
 def run_latent(args: argparse.Namespace) -> dict[str, Any]:
-    """``jiio bench latent``: Adam-S vs JIIO-N (and JIIO-M) over a DEQ decoder's latent."""
+    """``jiio bench latent``: Adam-S vs JIIO-N (and JIIO-M, and ``--jiio-config`` variants)
+    over a DEQ decoder's latent, on ``--samples`` held-out images in batches."""
     device, log = _setup(args, "latent")
     splits = _load_data(args)
     cell, head, ckpt, size, latent_dim = _build(args, splits, "latent")
-    target, _ = _test_batch(splits, args.batch, args.seed, device)  # checked before any training
+    batches = _test_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
     assert latent_dim is not None
-    cell, head = cell.to(device), head.to(device)
-    if ckpt:
-        log(f"loaded {size} MDEQ decoder (latent {latent_dim}) from {args.checkpoint}")
-        training: dict[str, Any] = {"source": "checkpoint", "path": args.checkpoint}
-    else:
-        what = f"a {size} MDEQ decoder (latent {latent_dim}) on {args.dataset}"
-        log(f"training {what}: {args.train_steps} GLO steps")
-        training = {"source": "trained", **_train_decoder(cell, head, splits, latent_dim, args, device, log)}
-    cell.eval(), head.eval()
-    n_params = count_parameters(cell) + count_parameters(head)
-    for p in [*cell.parameters(), *head.parameters()]:
-        p.requires_grad_(False)  # the latent is the only variable
-    x0 = torch.zeros(args.batch, latent_dim, device=device, dtype=target.dtype)
-    deq_cfg = _baseline_deq(args)
-    deq = DEQ(cell, deq_cfg)
-
-    def decoder(x: Tensor) -> Tensor:
-        return head(deq(x)[0])
-
-    def evaluate(x: Tensor) -> float:
-        with torch.no_grad():
-            return float(_se(decoder(x), target).mean())
-
-    start_loss = evaluate(x0)
-    log(f"loss at the zero latent: {start_loss:.2f}; timing {args.reps} interleaved reps")
-
-    def adam(steps: int) -> Callable[[], dict[str, Any]]:
-        clock = _CallClock(decoder, device)
-
-        def go() -> dict[str, Any]:
-            clock.reset()
-            x, st = adam_latent(clock, target, x0, steps=steps, lr=args.adam_lr, loss_fn=_se)
-            # call i starts once the i-th latent exists; the last call is adam_latent's report
-            curve = [*st.step_loss, float(st.final_loss.mean())]
-            return {"seconds": clock.starts[-1], "x": x, "times": list(clock.starts), "curve": curve}
-
-        return go
 
     def jiio_cfg(n: int) -> JIIOConfig:
         return JIIOConfig.paper("celeba_generative").replace(
@@ -169,13 +173,60 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             anderson_type=args.anderson_type,
         )
 
-    def loss_fn(z: Tensor) -> Tensor:
-        return _se(head(z), target)
+    extra = {spec: _jiio_variant(spec, jiio_cfg(args.jiio_iters)) for spec in args.jiio_config}
+    cell, head = cell.to(device), head.to(device)
+    if ckpt:
+        log(f"loaded {size} MDEQ decoder (latent {latent_dim}) from {args.checkpoint}")
+        training: dict[str, Any] = {"source": "checkpoint", "path": args.checkpoint, "config": ckpt["config"]}
+    else:
+        what = f"a {size} MDEQ decoder (latent {latent_dim}) on {args.dataset}"
+        log(f"training {what}: {args.train_steps} GLO steps")
+        training = {"source": "trained", **_train_decoder(cell, head, splits, latent_dim, args, device, log)}
+    cell.eval(), head.eval()
+    n_params = count_parameters(cell) + count_parameters(head)
+    for p in [*cell.parameters(), *head.parameters()]:
+        p.requires_grad_(False)  # the latent is the only variable
+    deq_cfg = _baseline_deq(args)
+    deq = DEQ(cell, deq_cfg)
 
-    def jiio(n: int) -> Callable[[], dict[str, Any]]:
-        cfg = jiio_cfg(n)
+    def decoder(x: Tensor) -> Tensor:
+        return head(deq(x)[0])
 
-        def go() -> dict[str, Any]:
+    def per_image(x: Tensor, target: Tensor) -> Tensor:
+        with torch.no_grad():
+            return _se(decoder(x), target)
+
+    def zeros(target: Tensor) -> Tensor:
+        return torch.zeros(target.shape[0], latent_dim, device=device, dtype=target.dtype)
+
+    start = torch.cat([per_image(zeros(t), t) for t, _ in batches])
+    log(
+        f"loss at the zero latent: {float(start.mean()):.2f}; {args.reps} pass(es) over {len(batches)} batches"
+    )
+
+    def adam(steps: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        clock = _CallClock(decoder, device)
+
+        def go(target: Tensor, _: Tensor) -> dict[str, Any]:
+            clock.reset()
+            x, _st = adam_latent(clock, target, zeros(target), steps=steps, lr=args.adam_lr, loss_fn=_se)
+            # call i starts once the i-th latent exists; the last call is adam_latent's report
+            return {
+                "seconds": clock.starts[-1],
+                "x": x,
+                "times": list(clock.starts),
+                "inputs": list(clock.inputs),
+            }
+
+        return go
+
+    def jiio(cfg: JIIOConfig) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        def go(target: Tensor, _: Tensor) -> dict[str, Any]:
+            x0 = zeros(target)
+
+            def loss_fn(z: Tensor) -> Tensor:
+                return _se(head(z), target)
+
             def solve() -> Any:
                 return jiio_solve(cell, loss_fn, x0, z0=_z0(cell, x0, args.jiio_z0), config=cfg)
 
@@ -184,45 +235,54 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
 
         return go
 
-    iters = [args.jiio_iters] + ([args.jiio_long_iters] if args.jiio_long_iters else [])
-    iters = sorted(set(iters))
-    variants = {f"adam-{args.adam_steps}": adam(args.adam_steps)}
-    variants.update({f"jiio-{n}": jiio(n) for n in iters})
-    adam(1)(), jiio(2)()  # warm-up
-    per_rep, last = _interleave(variants, args.reps, log)
+    S = args.adam_steps
+    iters = sorted({args.jiio_iters, *([args.jiio_long_iters] if args.jiio_long_iters else [])})
+    configs = {f"jiio-{n}": jiio_cfg(n) for n in iters}
+    configs.update(extra)
+    variants = {f"adam-{S}": adam(S), **{name: jiio(cfg) for name, cfg in configs.items()}}
+    t_w, y_w = batches[0]
+    adam(1)(t_w, y_w), jiio(jiio_cfg(2))(t_w, y_w)  # warm-up
+    runs, last = _interleave(variants, batches, args.reps, log)
 
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, dict[str, list[float]]] = {}
-    for name, outs in per_rep.items():
-        method, steps = name.split("-")
-        seconds = statistics.median(o["seconds"] for o in outs)
-        row: dict[str, Any] = {
-            "method": method,
-            "steps": int(steps),
-            "seconds": seconds,
-            "seconds_all": [o["seconds"] for o in outs],
-            "loss": evaluate(last[name]["x"]),
+    adam_times = [run["times"] for run in runs.pop(f"adam-{S}")]
+    adam_last = last.pop(f"adam-{S}")
+    curve = [
+        torch.cat([per_image(o["inputs"][k], t) for o, (t, _) in zip(adam_last, batches, strict=True)])
+        for k in range(S + 1)
+    ]
+    rows = [_row("adam", S, f"adam-{S}", [t[S] for t in adam_times], curve[S])]
+    curves: dict[str, dict[str, list[float]]] = {
+        f"adam-{S}": {
+            "seconds": [statistics.median(t[k] for t in adam_times) for k in range(S + 1)],
+            "loss": [float(c.mean()) for c in curve],
+            "seconds_runs": adam_times,  # per timing run: when step k's latent existed
         }
-        if method == "adam":
-            times = [statistics.median(t) for t in zip(*(o["times"] for o in outs), strict=True)]
-            curves[name] = {"seconds": times, "loss": last[name]["curve"]}
-        else:
-            res = last[name]["res"]
-            row["objective"] = float(res.objective.mean())  # JIIO's own estimate
-            row["diverged"] = float(res.diverged.float().mean())
-            obj = res.trace["objective"]
-            per = seconds / res.iterations
-            curves[name] = {
-                "seconds": [per * (k + 1) for k in range(res.iterations)],
-                "loss": [float(v) for v in torch.where(torch.isfinite(obj), obj, torch.nan).nanmean(1)],
-            }
+    }
+    losses: dict[str, Tensor] = {}
+    for name, outs in last.items():
+        losses[name] = torch.cat([per_image(o["x"], t) for o, (t, _) in zip(outs, batches, strict=True)])
+        row = _row("jiio", configs[name].max_iter, name, [run["seconds"] for run in runs[name]], losses[name])
+        row["objective"] = statistics.fmean(float(o["res"].objective.mean()) for o in outs)  # JIIO's own
+        row["diverged"] = statistics.fmean(float(o["res"].diverged.float().mean()) for o in outs)
+        if name in extra:
+            row["jiio_config"] = configs[name].to_dict()
         rows.append(row)
-    by = {f"{r['method']}-{r['steps']}": r for r in rows}
-    a_main, j_main = by[f"adam-{args.adam_steps}"], by[f"jiio-{args.jiio_iters}"]
+        # JIIO's own objective per iteration (mean over the batches' images), for the plot
+        traces = [o["res"].trace["objective"] for o in outs]
+        n_it = min(len(t) for t in traces)
+        obj = torch.cat([t[:n_it] for t in traces], dim=1)
+        per = row["seconds"] / n_it
+        curves[name] = {
+            "seconds": [per * (k + 1) for k in range(n_it)],
+            "loss": [float(v) for v in torch.where(torch.isfinite(obj), obj, torch.nan).nanmean(1)],
+        }
+    by = {r["label"]: r for r in rows}
+    a_main, j_main = by[f"adam-{S}"], by[f"jiio-{args.jiio_iters}"]
     j_long = by.get(f"jiio-{args.jiio_long_iters}") if args.jiio_long_iters else None
-    a_curve = curves[f"adam-{args.adam_steps}"]
-    reach = next((i for i, v in enumerate(a_curve["loss"]) if v <= j_main["loss"]), None)
-    adam_t = a_curve["seconds"][reach] if reach is not None else None
+    versus = {name: _versus(adam_times, curve, by[name], losses[name]) for name in losses}
+    eq = versus[f"jiio-{args.jiio_iters}"]["equal_loss"]
+    reach = eq["step"]
+    adam_t = curves[f"adam-{S}"]["seconds"][reach] if reach is not None else None
     plot = _plot_latent(args.plot, curves, rows, device, size, args) if args.plot else None
     if plot:
         log(f"wrote {plot}")
@@ -234,36 +294,35 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             "size": size,
             "latent_dim": latent_dim,
             "batch": args.batch,
+            "samples": args.samples,
             "reps": args.reps,
-            "adam_steps": args.adam_steps,
+            "timing_runs": len(j_main["seconds_all"]),
+            "adam_steps": S,
             "adam_lr": args.adam_lr,
             "jiio_iters": args.jiio_iters,
             "jiio_long_iters": args.jiio_long_iters or None,
             "alpha_x": args.alpha_x,
             "jiio_z0": args.jiio_z0,
+            "jiio_configs": list(extra),
             "checkpoint": args.checkpoint,
             "train_steps": None if ckpt else args.train_steps,
             "deq": dataclasses.asdict(deq_cfg),
             "jiio": jiio_cfg(args.jiio_iters).to_dict(),
         },
-        "model": {
-            **training,
-            "parameters": n_params,
-            "start_loss": start_loss,
-        },
+        "model": {**training, "parameters": n_params, "start_loss": float(start.mean())},
         "adam": a_main,
         "jiio": j_main,
         "jiio_long": j_long,
         "rows": rows,
         "curves": curves,
+        "versus": versus,
         "speedup": a_main["seconds"] / j_main["seconds"],
+        "speedup_ci": versus[f"jiio-{args.jiio_iters}"]["speedup"],
         "speedup_long": a_main["seconds"] / j_long["seconds"] if j_long else None,
         "equal_or_better_loss": j_main["loss"] <= a_main["loss"],
         "adam_steps_to_jiio_loss": reach,
         "adam_seconds_to_jiio_loss": adam_t,
-        "speed_ratio_at_equal_loss": adam_t / j_main["seconds"] if adam_t is not None else None,
-        "speed_ratio_at_equal_loss_lower_bound": None
-        if reach is not None
-        else a_main["seconds"] / j_main["seconds"],
+        "speed_ratio_at_equal_loss": eq["ratio"]["ratio"] if reach is not None else None,
+        "speed_ratio_at_equal_loss_lower_bound": eq["lower_bound"],
         "plot": plot,
     }

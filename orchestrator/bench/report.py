@@ -12,10 +12,13 @@ import torch
 from orchestrator.bench._common import _device_name
 
 __all__ = [
+    "_ci",
     "_f",
     "_finite",
     "_header",
+    "_plot_attack",
     "_plot_latent",
+    "_ratio",
     "_render",
     "_render_attack",
     "_render_latent",
@@ -57,6 +60,62 @@ def _plot_latent(
     return path
 
 
+def _plot_attack(path: str, out: dict[str, Any]) -> str:
+    """Strength against time: PGD's per-step curve (with its 95% band) and every JIIO variant
+    (95% intervals), by cross-entropy (left) and accuracy under attack (right)."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    c, cfg = out["pgd_curve"], out["config"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    ks = range(1, len(c["seconds"]))
+    t = [c["seconds"][k] for k in ks]
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        ys = [c[key][k] for k in ks]
+        ax.plot(t, ys, "-o", color="black", markersize=3, label=f"PGD-k, k = 1..{len(t)}")
+        if key == "loss":
+            ax.fill_between(
+                t,
+                [c["loss_ci"][k][0] for k in ks],
+                [c["loss_ci"][k][1] for k in ks],
+                color="black",
+                alpha=0.12,
+                linewidth=0,
+            )
+        for r in out["rows"]:
+            if r["method"] != "jiio":
+                continue
+            lo, hi = r[f"{key}_ci"]
+            ax.errorbar(
+                [r["seconds"]],
+                [r[key]],
+                yerr=[[r[key] - lo], [hi - r[key]]],
+                fmt="s",
+                markersize=5,
+                capsize=3,
+                label=r["label"] if len(r["label"]) <= 40 else r["label"][:37] + "...",
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(f"wall time per batch of {cfg['batch']} (s, median)")
+        ax.set_ylabel("cross-entropy at the attack point" if key == "loss" else "accuracy under attack")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7, title="95% intervals", title_fontsize=7)
+    src = out["model"].get("path") or "trained here"
+    fig.suptitle(
+        f"{cfg['size']} MDEQ, {cfg['dataset']}, {src}, L2 eps {cfg['eps']}, "
+        f"{cfg['samples']} samples, {out['device']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _finite(obj: Any) -> Any:
     """JSON-safe copy: non-finite floats -> None."""
     if isinstance(obj, dict):
@@ -81,46 +140,56 @@ def _header(out: dict[str, Any]) -> list[str]:
         f"jiio bench {out['bench']} | {out['device']} ({out['device_type']}, {out['threads']} threads) "
         f"| torch {out['torch']} | load average {load}",
         f"model: {cfg['size']} MDEQ on {cfg['dataset']}, {model['parameters']} parameters, {src} "
-        f"| held-out batch {cfg['batch']} | median of {cfg['reps']} interleaved reps "
+        f"| {cfg.get('samples', cfg['batch'])} held-out samples, batches of {cfg['batch']} | {cfg['reps']} "
+        "interleaved pass(es), median time per batch "
         f"| baseline DEQ {deq['solver']} {deq['max_iter']}/{deq['backward_max_iter']}",
     ]
 
 
+def _ci(r: dict[str, Any], key: str, fmt: str) -> str:
+    lo, hi = r.get(f"{key}_ci", (None, None))
+    return f"{format(r[key], fmt)} [{_f(lo, fmt)}, {_f(hi, fmt)}]"
+
+
+def _ratio(r: dict[str, Any] | None) -> str:
+    return "-" if r is None else f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
+
+
 def _render_attack(out: dict[str, Any]) -> list[str]:
-    cfg, p, j = out["config"], out["pgd"], out["jiio"]
-    P, J = f"PGD-{p['steps']}", f"JIIO-{j['steps']}"
+    cfg, p = out["config"], out["pgd"]
+    P = f"PGD-{p['steps']}"
     lines = [
         f"clean accuracy {out['model']['clean_accuracy']:.3f} | L2 eps {cfg['eps']} | PGD step "
-        f"{cfg['pgd_step_size']} (normalised) | JIIO z0 {cfg['jiio_z0']}",
-        f"{'method':8s}{'steps':>6s}{'seconds':>10s}{'accuracy':>10s}{'CE loss':>10s}{'max |d|':>10s}",
+        f"{cfg['pgd_step_size']} (normalised) | JIIO z0 {cfg['jiio_z0']} | {cfg['samples']} samples in "
+        f"batches of {cfg['batch']}, {cfg['timing_runs']} paired timing runs | [95% intervals]",
+        f"{'method':26s}{'s/batch':>9s}{'accuracy under attack':>24s}{'CE at attack point':>26s}{'max |d|':>9s}",
     ]
     for r in out["rows"]:
         lines.append(
-            f"{r['method']:8s}{r['steps']:6d}{r['seconds']:10.3f}{r['accuracy']:10.3f}"
-            f"{r['loss']:10.4f}{r['max_perturbation']:10.4f}"
+            f"{r['label']:26s}{r['seconds']:9.3f}{_ci(r, 'accuracy', '.3f'):>24s}"
+            f"{_ci(r, 'loss', '.3f'):>26s}{r['max_perturbation']:9.4f}"
         )
-    same = "yes" if out["equal_or_better_strength"] else "no"
     lines.append(
-        f"speedup {P} / {J}: {out['speedup']:.2f}x | {J} equal or better strength: {same} "
-        f"(CE {j['loss']:.4f} vs {p['loss']:.4f}, accuracy {j['accuracy']:.3f} vs {p['accuracy']:.3f})"
+        f"{'JIIO variant':26s}{'speedup vs ' + P:>22s}{'equal CE: PGD steps, ratio':>34s}"
+        f"{'equal accuracy: steps, ratio':>34s}"
     )
-    if out["speed_ratio_at_equal_strength"] is not None:
-        k = out["equal_strength_pgd_steps"]
-        lines.append(
-            f"speed ratio at equal or better strength: {out['speed_ratio_at_equal_strength']:.2f}x "
-            f"(PGD-{k}, the cheapest PGD row whose CE >= {J}'s)"
-        )
-    else:
-        lines.append(
-            f"speed ratio at equal or better strength: {P} never reached {J}'s CE; at least "
-            f"{out['speed_ratio_at_equal_strength_lower_bound']:.2f}x"
-        )
-    if out["speed_ratio_at_equal_loss"] is not None:
-        lines.append(
-            f"per PGD step: PGD reaches {J}'s CE after {out['pgd_steps_to_jiio_loss']} steps, "
-            f"{out['pgd_seconds_to_jiio_loss']:.3f} s: {out['speed_ratio_at_equal_loss']:.2f}x"
-        )
+    for name, v in out["versus"].items():
+        cells = []
+        for by in ("equal_loss", "equal_accuracy"):
+            e = v[by]
+            if e["step"] is None:
+                cells.append(f"never; >= {e['lower_bound']:.2f}x")
+            else:
+                span = f"{e['step_low']}-{_f(e['step_high'], 'd') if e['step_high'] is not None else '>'}"
+                cells.append(f"{e['step']} ({span}) {_ratio(e['ratio'])}")
+        lines.append(f"{name:26s}{_ratio(v['speedup']):>22s}{cells[0]:>34s}{cells[1]:>34s}")
+    lines.append(
+        "equal CE / accuracy: the first PGD step whose per-sample paired difference to the JIIO "
+        "variant has mean >= 0; (a-b): the steps from 'cannot be told apart' to 'stronger beyond doubt'"
+    )
     lines.append(f"all perturbations within eps: {'yes' if out['within_eps'] else 'NO'}")
+    if out.get("plot"):
+        lines.append(f"strength-versus-time plot: {out['plot']}")
     return lines
 
 
@@ -131,12 +200,23 @@ def _render_latent(out: dict[str, Any]) -> list[str]:
     lines = [
         f"latent {cfg['latent_dim']}, loss at the zero latent {out['model']['start_loss']:.3f} | Adam lr "
         f"{cfg['adam_lr']} | JIIO alpha_x {cfg['alpha_x']}, Anderson m={jc['anderson_m']} "
-        f"type {jc['anderson_type']}, z0 {cfg['jiio_z0']}",
-        f"{'method':8s}{'steps':>6s}{'seconds':>10s}{'loss':>10s}{'JIIO obj':>10s}",
+        f"type {jc['anderson_type']}, z0 {cfg['jiio_z0']} | {cfg['samples']} samples in batches of "
+        f"{cfg['batch']}, {cfg['timing_runs']} paired timing runs | [95% intervals]",
+        f"{'method':26s}{'s/batch':>9s}{'loss (summed SE per image)':>30s}{'JIIO obj':>10s}",
     ]
     for r in out["rows"]:
         obj = _f(r.get("objective"), ".3f")
-        lines.append(f"{r['method']:8s}{r['steps']:6d}{r['seconds']:10.3f}{r['loss']:10.3f}{obj:>10s}")
+        lines.append(f"{r['label']:26s}{r['seconds']:9.3f}{_ci(r, 'loss', '.3f'):>30s}{obj:>10s}")
+    lines.append(f"{'JIIO variant':26s}{'speedup vs ' + A:>24s}{'equal loss: Adam steps, ratio':>40s}")
+    for name, v in out["versus"].items():
+        e = v["equal_loss"]
+        if e["step"] is None:
+            cell = f"never; >= {e['lower_bound']:.2f}x"
+        else:
+            hi = "d" if e["step_high"] is not None else ""
+            span = f"{e['step_low']}-{format(e['step_high'], hi) if hi else '>'}"
+            cell = f"{e['step']} ({span}) {_ratio(e['ratio'])}"
+        lines.append(f"{name:26s}{_ratio(v['speedup']):>24s}{cell:>40s}")
     line = f"speedup {A} / {J}: {out['speedup']:.2f}x"
     if jl:
         line += f" | {A} / JIIO-{jl['steps']}: {out['speedup_long']:.2f}x"
@@ -151,6 +231,10 @@ def _render_latent(out: dict[str, Any]) -> list[str]:
             f"speed ratio at equal loss: {A} never reached {J}'s loss; at least "
             f"{out['speed_ratio_at_equal_loss_lower_bound']:.2f}x"
         )
+    lines.append(
+        "equal loss: the first Adam step whose per-image paired difference to the JIIO variant has "
+        "mean <= 0; (a-b): the steps from 'cannot be told apart' to 'better beyond doubt'"
+    )
     if out["plot"]:
         lines.append(f"loss-versus-time curves: {out['plot']}")
     return lines

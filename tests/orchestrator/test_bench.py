@@ -21,7 +21,7 @@ from orchestrator import bench, cli
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.tasks.common import TaskConfig, mdeq_config
 
-TINY = ["--train-steps", "3", "--batch", "8", "--reps", "1", "--quiet"]
+TINY = ["--train-steps", "3", "--batch", "8", "--samples", "16", "--reps", "1", "--quiet", "--plot", ""]
 ATTACK = ["bench", "attack", *TINY, "--pgd-steps", "4", "--jiio-iters", "8"]
 LATENT = ["bench", "latent", *TINY, "--adam-steps", "4", "--jiio-iters", "6", "--jiio-long-iters", "10"]
 
@@ -136,14 +136,17 @@ def test_attack_json_has_documented_keys_and_stays_in_the_ball(capsys):
     k = out["pgd_steps_to_jiio_loss"]
     if k is not None:
         assert curve["loss"][k] >= j["loss"] and all(v < j["loss"] for v in curve["loss"][:k])
-        assert out["speed_ratio_at_equal_loss"] == pytest.approx(curve["seconds"][k] / j["seconds"])
+        # geometric mean over the paired timing runs of PGD's time to iterate k / JIIO's time
+        logs = [math.log(t[k] / tj) for t, tj in zip(curve["seconds_runs"], j["seconds_all"], strict=True)]
+        assert out["speed_ratio_at_equal_loss"] == pytest.approx(math.exp(sum(logs) / len(logs)))
 
 
 def test_attack_table_output(capsys):
     rc = cli.main([*ATTACK, "--eps", "1.0", "--jiio-z0", "zeros"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "speedup PGD-4 / JIIO-8" in out and "speed ratio at equal or better strength" in out
+    assert "speedup vs PGD-4" in out and "equal CE: PGD steps, ratio" in out
+    assert "jiio-8" in out and "[95% intervals]" in out
     assert "all perturbations within eps: yes" in out
 
 
@@ -177,7 +180,8 @@ def test_latent_json_curves_and_plot(tmp_path, capsys):
         assert out["speed_ratio_at_equal_loss"] is None
     else:
         assert ca["loss"][k] <= j["loss"] and all(v > j["loss"] for v in ca["loss"][:k])
-        assert out["speed_ratio_at_equal_loss"] == pytest.approx(ca["seconds"][k] / j["seconds"])
+        logs = [math.log(t[k] / tj) for t, tj in zip(ca["seconds_runs"], j["seconds_all"], strict=True)]
+        assert out["speed_ratio_at_equal_loss"] == pytest.approx(math.exp(sum(logs) / len(logs)))
     assert out["plot"] == str(plot)
     with Image.open(plot) as img:
         img.verify()
@@ -220,7 +224,8 @@ def test_attack_checkpoint_round_trip(tmp_path, capsys):
     assert out["model"]["source"] == "checkpoint" and out["model"]["path"] == str(path)
     assert out["config"]["train_steps"] is None
     # the loaded weights are the ones evaluated: same clean accuracy and loss on the same batch
-    x, y = bench._test_batch(splits, 8, 5, torch.device("cpu"))
+    parts = bench._test_batches(splits, 16, 8, 5, torch.device("cpu"))
+    x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     with torch.no_grad():
         logits = head(DEQ(cell, DEQConfig.paper())(x)[0])
     assert out["model"]["clean_accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
@@ -237,9 +242,9 @@ def test_latent_checkpoint_round_trip(tmp_path, capsys):
     out = _run_json([*LATENT, "--checkpoint", str(path), "--plot", ""], capsys)
     assert out["model"]["source"] == "checkpoint" and out["config"]["latent_dim"] == 8
     splits = load_dataset(DataConfig("digits"))
-    target, _ = bench._test_batch(splits, 8, 0, torch.device("cpu"))
+    target = torch.cat([p[0] for p in bench._test_batches(splits, 16, 8, 0, torch.device("cpu"))])
     with torch.no_grad():
-        recon = head(DEQ(cell, DEQConfig.paper())(torch.zeros(8, 8))[0])
+        recon = head(DEQ(cell, DEQConfig.paper())(torch.zeros(16, 8))[0])
     start = float((recon - target).pow(2).flatten(1).sum(1).mean())
     assert out["model"]["start_loss"] == pytest.approx(start, rel=1e-4)
     assert out["plot"] is None
@@ -263,7 +268,11 @@ def test_latent_checkpoint_round_trip(tmp_path, capsys):
         (["bench", "latent", "--plot", "curves.jpg"], ".png"),
         (["bench", "attack", "--dataset", "mnist"], "--data-root"),
         (["bench", "attack", "--dataset", "mnist", "--data-root", "/nonexistent"], "MNIST"),
-        (["bench", "attack", "--batch", "100000"], "larger than the test split"),
+        (["bench", "attack", "--samples", "100000"], "larger than the test split"),
+        (["bench", "attack", "--batch", "512"], "larger than --samples 256"),
+        (["bench", "attack", "--jiio-config", "no-such-preset"], "unknown JIIO preset"),
+        (["bench", "attack", "--jiio-config", "anderson_q=3"], "not a JIIOConfig field"),
+        (["bench", "latent", "--jiio-config", "alpha_z=2"], "alpha_z"),
         (["bench"], "required"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -348,4 +357,5 @@ def test_plot_default_is_png_in_cwd():
     assert args.plot == "bench_latent.png" and Path(args.plot).suffix == ".png"
     assert args.threads == 1 and args.jiio_iters == 40 and args.jiio_long_iters == 100
     a = cli.build_parser().parse_args(["bench", "attack"])
-    assert (a.batch, a.pgd_steps, a.jiio_iters, a.eps, a.reps) == (64, 20, 80, 1.0, 3)
+    assert (a.batch, a.pgd_steps, a.jiio_iters, a.eps, a.reps) == (64, 20, 80, 1.0, 2)
+    assert (a.samples, a.plot) == (256, "bench_attack.png")

@@ -1,0 +1,61 @@
+"""Named JIIO settings: the paper code's, and those that the project's solver sweeps found.
+
+A preset is a base (one of :meth:`JIIOConfig.paper`'s tasks) plus the fields that differ
+from it, and the measurement that justifies it (``source``: the sweep and the bench run, in
+``docs/benchmarks.md``). :func:`preset` builds the :class:`JIIOConfig`; ``JIIOConfig.preset``
+is the same function. Pure data: no file is read.
+
+Example:
+    >>> from jiio_core import JIIOConfig
+    >>> JIIOConfig.preset("paper-mnist-adversarial") == JIIOConfig.paper("mnist_adversarial")
+    True
+    >>> sorted(PRESETS)[:2]
+    ['paper-celeba-generative', 'paper-cifar-adversarial']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import JIIOConfig
+
+__all__ = ["PRESETS", "Preset", "preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """``base``: a :meth:`JIIOConfig.paper` task; ``changes``: fields set on top of it;
+    ``source``: where the settings come from and what was measured."""
+
+    base: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def config(self) -> JIIOConfig:
+        return JIIOConfig.paper(self.base).replace(**self.changes)
+
+
+PRESETS: dict[str, Preset] = {
+    "paper-mnist-adversarial": Preset(
+        "mnist_adversarial", source="the paper's released code (DESIGN.md s. 4)"
+    ),
+    "paper-cifar-adversarial": Preset(
+        "cifar_adversarial", source="the paper's released code (DESIGN.md s. 4)"
+    ),
+    "paper-celeba-generative": Preset(
+        "celeba_generative", source="the paper's released code (DESIGN.md s. 4)"
+    ),
+}
+
+
+def preset(name: str) -> JIIOConfig:
+    """The :class:`JIIOConfig` of the preset ``name`` (see :data:`PRESETS`).
+
+    Example:
+        >>> preset("paper-celeba-generative").alpha_x
+        0.01
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown JIIO preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name].config()
