@@ -2,8 +2,8 @@
 
 ``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
 ``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
-scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`), ``jiio train --out FILE``
-(:mod:`orchestrator.train_cli`).
+scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`),
+``jiio train --out FILE`` (:mod:`orchestrator.train_cli`).
 Adding a sub-command is one entry in :data:`COMMANDS`: a help line, a function that adds
 its arguments to an ``argparse`` parser, and a function that runs it from the parsed
 namespace and returns the exit code.

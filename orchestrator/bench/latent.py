@@ -201,7 +201,8 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
 
     start = torch.cat([per_image(zeros(t), t) for t, _ in batches])
     log(
-        f"loss at the zero latent: {float(start.mean()):.2f}; {args.reps} pass(es) over {len(batches)} batches"
+        f"loss at the zero latent: {float(start.mean()):.2f}; "
+        f"{args.reps} pass(es) over {len(batches)} batches"
     )
 
     def adam(steps: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:

@@ -162,7 +162,8 @@ def _render_attack(out: dict[str, Any]) -> list[str]:
         f"clean accuracy {out['model']['clean_accuracy']:.3f} | L2 eps {cfg['eps']} | PGD step "
         f"{cfg['pgd_step_size']} (normalised) | JIIO z0 {cfg['jiio_z0']} | {cfg['samples']} samples in "
         f"batches of {cfg['batch']}, {cfg['timing_runs']} paired timing runs | [95% intervals]",
-        f"{'method':26s}{'s/batch':>9s}{'accuracy under attack':>24s}{'CE at attack point':>26s}{'max |d|':>9s}",
+        f"{'method':26s}{'s/batch':>9s}{'accuracy under attack':>24s}{'CE at attack point':>26s}"
+        f"{'max |d|':>9s}",
     ]
     for r in out["rows"]:
         lines.append(
