@@ -12,6 +12,7 @@ multi-objective sweep.
 from __future__ import annotations
 
 import io
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,8 @@ def ensure_checkpoint(
     """
     if path:
         load_bytes(path)  # fail early, with the message above, if it is missing
-        return path
+        # trials run in Ray's own working directories: a relative local path would miss
+        return path if "://" in path else os.path.abspath(path)
     import pyarrow.fs as pafs
 
     store = ResultStore(storage)

@@ -36,6 +36,9 @@ def space(task: str) -> dict[str, Dim]:
         "alpha_z": Dim("loguniform", 0.2, 1.0),
         "alpha_mu": Dim("loguniform", 0.1, 1.0),
         "alpha_x": Dim("loguniform", *x_range),
+        # the start (the paper's z = 0, or one cell step) and the Anderson type (paper: I)
+        "init": Dim("choice", choices=("zero", "cell_step")),
+        "anderson_type": Dim("choice", choices=("I", "II")),
     }
 
 

@@ -227,8 +227,17 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(row)
     by = {r["label"]: r for r in rows}
     p_main, j_main = by[f"pgd-{K}"], by[f"jiio-{args.jiio_iters}"]
-    versus = {name: _versus(pgd_times, curve, by[name], samples[name]) for name in samples}
+    versus: dict[str, dict[str, Any]] = {
+        name: _versus(pgd_times, curve, by[name], samples[name]) for name in samples
+    }
     main = versus[f"jiio-{args.jiio_iters}"]
+    for name, v in versus.items():  # every JIIO variant against the main one (JIIO-N, the paper's)
+        s_main, s_v = samples[f"jiio-{args.jiio_iters}"], samples[name]
+        v["vs_main"] = {
+            "speed": ratio_interval(j_main["seconds_all"], by[name]["seconds_all"]),  # > 1: faster
+            "loss_diff": mean_interval(s_v["ce"] - s_main["ce"]),  # > 0: stronger
+            "accuracy_diff": mean_interval(s_v["correct"] - s_main["correct"]),  # < 0: stronger
+        }
     tol = 1e-5 * max(1.0, args.eps)
     stronger = [r for r in rows if r["method"] == "pgd" and r["loss"] >= j_main["loss"]]
     cheapest = min(stronger, key=lambda r: r["seconds"]) if stronger else None

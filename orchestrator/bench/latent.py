@@ -281,6 +281,11 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     a_main, j_main = by[f"adam-{S}"], by[f"jiio-{args.jiio_iters}"]
     j_long = by.get(f"jiio-{args.jiio_long_iters}") if args.jiio_long_iters else None
     versus = {name: _versus(adam_times, curve, by[name], losses[name]) for name in losses}
+    for name, v in versus.items():  # every JIIO variant against the main one (JIIO-N)
+        v["vs_main"] = {
+            "speed": ratio_interval(j_main["seconds_all"], by[name]["seconds_all"]),  # > 1: faster
+            "loss_diff": mean_interval(losses[name] - losses[f"jiio-{args.jiio_iters}"]),  # < 0: better
+        }
     eq = versus[f"jiio-{args.jiio_iters}"]["equal_loss"]
     reach = eq["step"]
     adam_t = curves[f"adam-{S}"]["seconds"][reach] if reach is not None else None

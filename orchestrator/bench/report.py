@@ -155,6 +155,19 @@ def _ratio(r: dict[str, Any] | None) -> str:
     return "-" if r is None else f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
 
 
+def _vs_main(out: dict[str, Any], main: str, key: str, better: str) -> list[str]:
+    lines = []
+    for name, v in out["versus"].items():
+        if name == main or "vs_main" not in v:
+            continue
+        m, d = v["vs_main"], v["vs_main"]["loss_diff"]
+        lines.append(
+            f"  {name}: {_ratio(m['speed'])} as fast as {main}; {key} difference {d['mean']:+.3f} "
+            f"[{d['low']:+.3f}, {d['high']:+.3f}] ({better})"
+        )
+    return [f"against {main} (paired per batch and per sample):", *lines] if lines else []
+
+
 def _render_attack(out: dict[str, Any]) -> list[str]:
     cfg, p = out["config"], out["pgd"]
     P = f"PGD-{p['steps']}"
@@ -188,6 +201,7 @@ def _render_attack(out: dict[str, Any]) -> list[str]:
         "equal CE / accuracy: the first PGD step whose per-sample paired difference to the JIIO "
         "variant has mean >= 0; (a-b): the steps from 'cannot be told apart' to 'stronger beyond doubt'"
     )
+    lines += _vs_main(out, f"jiio-{cfg['jiio_iters']}", "CE", "> 0: stronger")
     lines.append(f"all perturbations within eps: {'yes' if out['within_eps'] else 'NO'}")
     if out.get("plot"):
         lines.append(f"strength-versus-time plot: {out['plot']}")
@@ -218,6 +232,7 @@ def _render_latent(out: dict[str, Any]) -> list[str]:
             span = f"{e['step_low']}-{format(e['step_high'], hi) if hi else '>'}"
             cell = f"{e['step']} ({span}) {_ratio(e['ratio'])}"
         lines.append(f"{name:26s}{_ratio(v['speedup']):>24s}{cell:>40s}")
+    lines += _vs_main(out, f"jiio-{cfg['jiio_iters']}", "loss", "< 0: better")
     line = f"speedup {A} / {J}: {out['speedup']:.2f}x"
     if jl:
         line += f" | {A} / JIIO-{jl['steps']}: {out['speedup_long']:.2f}x"
