@@ -149,6 +149,7 @@ def run_solve(
     # the corruptions of the task's own evaluation (the same for every trial of the sweep)
     gen = trainer._eval_generator() if cfg.task != "adversarial" else None
     rows, traces, objective, seconds, diverged, converged, quality = [], [], [], 0.0, [], [], []
+    eval_n = 0
     for i, (x, y) in enumerate(trainer.eval_batches("test")):
         _sync(trainer.device)
         t0 = time.perf_counter()
@@ -161,6 +162,7 @@ def run_solve(
             quality.append(_quality(trainer, res, x, y))
         ok = ~res.diverged
         objective.append(float(res.objective[ok].mean()) if bool(ok.any()) else float("inf"))
+        eval_n += int(ok.numel())
         diverged.append(float(res.diverged.float().mean()))
         converged.append(float(res.converged.float().mean()))
         rows.append(
@@ -176,6 +178,8 @@ def run_solve(
                 "solver_residual": float(res.residual[ok].mean()) if bool(ok.any()) else float("inf"),
                 "solve_s": solve_s,
                 quality_name: quality[-1],
+                # per sample (solved ones), for the analysis' intervals of inner_objective
+                "inner_objective_samples": [float(v) for v in res.objective[ok].tolist()],
             }
         )
         means = mean_trace(res)
@@ -195,6 +199,7 @@ def run_solve(
         "solver_diverged": sum(diverged) / n,
         "solver_converged": sum(converged) / n,
         quality_name: sum(quality) / n,
+        "eval_n": eval_n,
     }
     status = "diverged" if metrics["solver_diverged"] > 0.5 else "completed"
     return metrics, status

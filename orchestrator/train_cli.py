@@ -100,6 +100,35 @@ def save_checkpoint(state: dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
+def _clean_stale(path: str) -> None:
+    """Remove ``path.tmp-<pid>`` files of runs that died while saving (their pid is gone)."""
+    import glob
+
+    for tmp in glob.glob(f"{glob.escape(path)}.tmp-*"):
+        try:
+            pid = int(tmp.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # alive (or not ours): leave it
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            os.remove(tmp)
+        except PermissionError:
+            continue
+
+
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip, EOF: all mean "not a checkpoint"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"--resume: cannot read {path} as a checkpoint: {first}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("modules"), dict) or "config" not in state:
+        raise ValueError(f"--resume: {path} is not a jiio train checkpoint (no 'modules' and 'config')")
+    return state
+
+
 def _progress(quiet: bool, total: int) -> Any:
     t0 = time.perf_counter()
 
@@ -150,24 +179,36 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(err)) from None
     torch.manual_seed(args.seed)
     trainer = make_trainer(cfg, data)
+    _clean_stale(args.out)
+    flat = {**cfg.to_flat(), "dataset": args.dataset}  # the dataset too: bench --checkpoint checks it
     if args.resume:
-        state = torch.load(args.out, map_location="cpu", weights_only=True)
-        saved = dict(state.get("config") or {})
-        changed = sorted(k for k, v in cfg.to_flat().items() if saved.get(k, v) != v)
+        state = _read_checkpoint(args.out)
+        saved = dict(state["config"] or {})
+        changed = sorted(k for k, v in flat.items() if saved.get(k, v) != v)
         if changed:
-            diff = ", ".join(f"{k}: {saved[k]!r} -> {cfg.to_flat()[k]!r}" for k in changed)
+            diff = ", ".join(f"{k}: {saved[k]!r} -> {flat[k]!r}" for k in changed)
             raise ValueError(f"--resume with changed settings ({diff}): use the same flags, or a new --out")
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"--resume: {args.out} does not fit these settings: {first}") from None
+
+    def checkpoint() -> dict[str, Any]:
+        state = trainer.state_dict()
+        state["config"] = {**state["config"], "dataset": args.dataset}
+        return state
+
     total = cfg.epochs * trainer.steps_per_epoch
     report = _progress(args.quiet, total)
 
     def on_row(row: dict[str, Any]) -> None:
         report(row)
         if row.get("epoch_end"):
-            save_checkpoint(trainer.state_dict(), args.out)
+            save_checkpoint(checkpoint(), args.out)
 
     result = trainer.fit(on_row)
-    save_checkpoint(trainer.state_dict(), args.out)
+    save_checkpoint(checkpoint(), args.out)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     print(json.dumps({"status": result.status, "steps": result.steps, "checkpoint": args.out, **shown}))
     return 0 if result.status == "completed" else 1

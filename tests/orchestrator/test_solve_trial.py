@@ -205,8 +205,16 @@ def test_run_solve_scores_the_tasks_own_inner_problem(task, data, checkpoints, t
     quality = "attack_acc" if task == "adversarial" else "recon_psnr"
     assert metrics["inner_objective"] == pytest.approx(ref["inner_objective"], rel=1e-4, abs=1e-5)
     assert status == "completed"
-    assert set(metrics) == {"inner_objective", "solve_s", "solver_diverged", "solver_converged", quality}
+    assert set(metrics) == {
+        "inner_objective",
+        "solve_s",
+        "solver_diverged",
+        "solver_converged",
+        quality,
+        "eval_n",
+    }
     assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["eval_n"] == EVAL_BATCHES * BATCH
     assert metrics[quality] == pytest.approx(ref[quality], rel=1e-4, abs=1e-5)
     assert metrics["solve_s"] > 0 and 0 <= metrics["solver_diverged"] <= 0.5
     if task in ("inpainting", "denoising"):
@@ -222,6 +230,8 @@ def test_run_solve_scores_the_tasks_own_inner_problem(task, data, checkpoints, t
     assert sorted(steps["step"]) == list(range(1, EVAL_BATCHES + 1))
     assert steps[["loss", "solver_iterations", "solve_s", quality]].map(math.isfinite).all().all()
     assert steps["loss"].mean() == pytest.approx(metrics["inner_objective"], rel=1e-6)
+    for loss, values in zip(steps["loss"], steps["inner_objective_samples"], strict=True):
+        assert len(values) >= 1 and sum(values) / len(values) == pytest.approx(loss, rel=1e-5)
     traces = store.read("traces", "s")
     assert set(traces.columns) >= TRACE_COLUMNS and set(traces["trial_id"]) == {"t1"}
     assert not traces.duplicated(["trial_id", "step", "iteration"]).any()

@@ -292,13 +292,6 @@ def _not_a_checkpoint(kind: str, path: Path) -> None:
         torch.save({"config": {}}, path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: train_cli.run loads --resume's file with a bare torch.load and indexes it "
-    "(state.get, state['modules']): a file that is not a Trainer checkpoint escapes as an "
-    "UnpicklingError / EOFError / AttributeError / KeyError traceback (exit 1), not one line "
-    "with exit 2 as jiio bench --checkpoint does",
-)
 @pytest.mark.parametrize("kind", ["garbage", "empty", "tensor", "dict-without-modules"])
 def test_resume_from_a_file_that_is_not_a_checkpoint_exits_2(kind, tmp_path):
     path = tmp_path / "x.pt"
@@ -329,11 +322,6 @@ def fake_mnist(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the checkpoint's config (TaskConfig.to_flat) does not record --dataset, so "
-    "train_cli.run's changed-settings check cannot see it: a digits run resumes on MNIST",
-)
 def test_resume_on_another_dataset_is_refused(checkpoint, fake_mnist):
     rc, _, err = _main(
         [*TINY, "--dataset", "mnist", "--data-root", str(fake_mnist), "--out", str(checkpoint), "--resume"]
@@ -341,11 +329,6 @@ def test_resume_on_another_dataset_is_refused(checkpoint, fake_mnist):
     _assert_one_line_error(rc, err, "dataset")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: jiio train's checkpoint has no config['dataset'], so the check in "
-    "orchestrator/bench/_common.py _build ('checkpoint was trained on ...') never fires for it",
-)
 def test_bench_refuses_a_checkpoint_of_another_dataset(trained, fake_mnist):
     path, _ = trained
     other = ["--dataset", "mnist", "--data-root", str(fake_mnist)]
@@ -423,15 +406,12 @@ def test_killed_at_a_random_moment_resumes_to_the_end(tmp_path):
         _, stderr = proc.communicate(timeout=300)
         _assert_one_line_error(proc.returncode, stderr, "no checkpoint")
         _finish(out, resume=False, note=note)
-    leftovers = _leftovers(tmp_path)
-    if leftovers == [f"k.pt.tmp-{killed_pid}"]:  # killed inside a checkpoint write
-        pytest.xfail(f"{note}: stale {leftovers[0]} left by the killed run (see the test below)")
-    assert leftovers == [], note
+    assert _leftovers(tmp_path) == [], f"{note} (pid {killed_pid})"
 
 
 def test_killed_while_writing_a_checkpoint_resumes_and_leaves_no_temporary(tmp_path):
     """SIGKILL while ``<out>.tmp-<pid>`` is being written (after a first checkpoint exists).
-    The resumed run completes; the killed run's temporary file is never removed."""
+    The resumed run completes and removes the killed run's temporary file."""
     out = tmp_path / "k.pt"
     proc = _start(out)
     if not _kill_when(proc, lambda: out.exists() and bool(_leftovers(tmp_path))):
@@ -440,10 +420,4 @@ def test_killed_while_writing_a_checkpoint_resumes_and_leaves_no_temporary(tmp_p
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert 1 <= state["epoch"] < 3
     _finish(out, resume=True, note="resume after a kill inside a checkpoint write")
-    leftovers = _leftovers(tmp_path)
-    assert leftovers in ([], [f"k.pt.tmp-{killed_pid}"])
-    if leftovers:
-        pytest.xfail(
-            f"bug: {leftovers[0]}, the killed run's temporary checkpoint, is left beside --out; "
-            "neither save_checkpoint nor --resume removes a dead run's <out>.tmp-<pid>"
-        )
+    assert _leftovers(tmp_path) == [], f"the killed run's k.pt.tmp-{killed_pid} is left"

@@ -1,0 +1,103 @@
+"""A solver sweep's Pareto front, re-measured against the baseline's per-step curve in one run.
+
+``sweeps/solver.py`` searches JIIO's settings on a fixed model with two objectives (the
+inner objective, i.e. attack strength or reconstruction loss, and the solve time) and
+writes its non-dominated trials to ``pareto/sweep=NAME/``. Sweep timings come from trials
+that ran at different moments, each on its own batches; this script puts the front on an
+equal footing: it takes up to ``--top`` front configurations (spread over the front by
+solve time) and runs them as ``--jiio-config`` variants of ``jiio bench attack`` (or
+``latent``) on the sweep's checkpoint, beside the paper's settings and PGD-k (Adam-k), on
+the same held-out samples, interleaved, re-scored by the same plain DEQ, with 95%
+intervals (see ``orchestrator/bench/measure.py``). The bench's plot is the figure: the
+baseline's per-step curve and every JIIO point, strength against time.
+
+    python benchmarks/solver_front.py --results results --name solver-adv-jiio \\
+        --checkpoint models/adv-jiio.pt --out docs/figures/front-adv-jiio -- --samples 256 --reps 2
+
+Everything after ``--`` goes to the bench unchanged. Writes ``OUT.json`` (the bench's JSON
+plus the front's sweep rows) and ``OUT.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+from orchestrator.bench.report import _finite, _render  # noqa: E402
+from orchestrator.results import ResultStore  # noqa: E402
+
+#: the settings a solver sweep searches (sweeps/solver.py): a front row's configuration
+SEARCHED = ("anderson_m", "max_iter", "alpha_z", "alpha_mu", "alpha_x", "init", "anderson_type")
+
+
+def front_configs(results: str, name: str, top: int) -> list[dict[str, Any]]:
+    """Up to ``top`` rows of the sweep's Pareto front, spread evenly by solve time."""
+    store = ResultStore(results)
+    front = store.read("pareto", name)
+    if not len(front):
+        raise SystemExit(
+            f"no Pareto front for sweep {name!r} under {results} (has sweeps/solver.py finished?)"
+        )
+    front = front.sort_values("solve_s").reset_index(drop=True)
+    n = len(front)
+    picks = sorted({round(i * (n - 1) / max(1, top - 1)) for i in range(min(top, n))})
+    return [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in front.iloc[i].items() if k != "sweep"}
+        for i in picks
+    ]
+
+
+def spec(row: dict[str, Any]) -> str:
+    """The ``--jiio-config`` text of a front row: its searched fields."""
+    parts = []
+    for k in SEARCHED:
+        if k not in row or row[k] is None:
+            continue
+        v = row[k]
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return ",".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bench_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default="results", help="the sweep's storage root (default results)")
+    p.add_argument("--name", required=True, help="the solver sweep's name")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint the sweep ran on")
+    p.add_argument("--bench", choices=("attack", "latent"), default="attack")
+    p.add_argument("--top", type=int, default=4, help="front configurations to re-measure (default 4)")
+    p.add_argument("--out", required=True, help="output prefix: OUT.json and OUT.png")
+    args = p.parse_args(own)
+    rows = front_configs(args.results, args.name, args.top)
+    specs = [spec(r) for r in rows]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    from orchestrator import cli
+    from orchestrator.bench import BenchInputError
+
+    cmd = ["bench", args.bench, "--checkpoint", args.checkpoint, "--plot", f"{args.out}.png", *bench_args]
+    for s in specs:
+        cmd += ["--jiio-config", s]
+    parsed = cli.build_parser(only="bench").parse_args(cmd)
+    try:
+        out = parsed.bench_run(parsed)
+    except BenchInputError as err:
+        raise SystemExit(f"solver_front: {err}") from None
+    out["front"] = [{**r, "jiio_config": s} for r, s in zip(rows, specs, strict=True)]
+    out["sweep"] = {"results": args.results, "name": args.name}
+    with open(f"{args.out}.json", "w") as fh:
+        json.dump(_finite(out), fh, allow_nan=False)
+    print(_render(out))
+    print(f"wrote {args.out}.json and {args.out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
