@@ -83,18 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.bench import BenchInputError
 
     cmd = ["bench", args.bench, "--checkpoint", args.checkpoint, "--plot", f"{args.out}.png", *bench_args]
-    for s in specs:
-        cmd += ["--jiio-config", s]
+    for r, s in zip(rows, specs, strict=True):
+        cmd += ["--jiio-config", f"front-{r['trial_id']}@{s}"]
     parsed = cli.build_parser(only="bench").parse_args(cmd)
     try:
         out = parsed.bench_run(parsed)
     except BenchInputError as err:
         raise SystemExit(f"solver_front: {err}") from None
-    out["front"] = [{**r, "jiio_config": s} for r, s in zip(rows, specs, strict=True)]
+    out["front"] = [
+        {**r, "label": f"front-{r['trial_id']}", "jiio_config": s} for r, s in zip(rows, specs, strict=True)
+    ]
     out["sweep"] = {"results": args.results, "name": args.name}
     with open(f"{args.out}.json", "w") as fh:
         json.dump(_finite(out), fh, allow_nan=False)
     print(_render(out))
+    for r in out["front"]:
+        print(
+            f"{r['label']}: {r['jiio_config']} (sweep: inner_objective {r['inner_objective']:.4g}, "
+            f"solve_s {r['solve_s']:.3g})"
+        )
     print(f"wrote {args.out}.json and {args.out}.png")
     return 0
 

@@ -43,6 +43,7 @@ from orchestrator.bench._common import (
     _pos_float,
     _pos_int,
 )
+from orchestrator.bench._common import _jiio_variant as _jiio_variant
 from orchestrator.bench._common import _steps as _steps
 from orchestrator.bench._common import _test_batches as _test_batches
 from orchestrator.bench.attack import run_attack

@@ -42,6 +42,7 @@ __all__ = [
     "_environment",
     "_interleave",
     "_jiio_variant",
+    "_jiio_variants",
     "_load",
     "_load_checkpoint",
     "_load_data",
@@ -150,8 +151,9 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         default=[],
         metavar="PRESET|NAME=VALUE,...",
         help="an extra JIIO variant, timed and scored beside the others: a preset of "
-        "JIIOConfig.preset (e.g. paper-mnist-adversarial) or fields set on the bench's JIIO "
-        "settings, e.g. max_iter=30,anderson_m=5 (repeatable)",
+        "JIIOConfig.preset (e.g. paper-mnist-adversarial), fields set on the bench's JIIO "
+        "settings (max_iter=30,anderson_m=5) or on a preset (paper-celeba-generative:max_iter=40); "
+        "LABEL@... names it in the tables; repeatable",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -361,20 +363,37 @@ def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor:
         return cell(cell.init_z(x), x)
 
 
+def _jiio_variants(specs: list[str], base: JIIOConfig) -> dict[str, JIIOConfig]:
+    """The ``--jiio-config`` variants by label: ``LABEL@SPEC`` names one, else the spec is its
+    own label."""
+    out: dict[str, JIIOConfig] = {}
+    for spec in specs:
+        label, at, body = spec.partition("@")
+        label, body = (label.strip(), body) if at else (spec, spec)
+        if not label or label in out or label.startswith(("jiio-", "pgd-", "adam-")):
+            raise BenchInputError(f"--jiio-config {spec}: the label {label!r} is empty, repeated or reserved")
+        out[label] = _jiio_variant(body, base)
+    return out
+
+
 def _jiio_variant(spec: str, base: JIIOConfig) -> JIIOConfig:
-    """``--jiio-config``: a preset name (:data:`jiio_core.PRESETS`) or ``NAME=VALUE,...``
-    fields set on ``base`` (the bench's own JIIO settings)."""
-    if "=" not in spec:
+    """``--jiio-config``: a preset name (:data:`jiio_core.PRESETS`), ``NAME=VALUE,...`` fields
+    set on ``base`` (the bench's own JIIO settings), or ``PRESET:NAME=VALUE,...`` (fields set
+    on a preset)."""
+    head, colon, rest = spec.partition(":") if ":" in spec else ("", "", spec)
+    if head or "=" not in rest:
         try:
-            return JIIOConfig.preset(spec)
+            base = JIIOConfig.preset(head or rest)
         except ValueError as err:
             raise BenchInputError(f"--jiio-config {spec}: {err}") from None
+        if not colon:
+            return base
     changes: dict[str, Any] = {}
-    for item in spec.split(","):
-        name, _, text = item.partition("=")
+    for item in rest.split(","):
+        name, eq, text = item.partition("=")
         name = name.strip()
-        if name not in {f.name for f in dataclasses.fields(JIIOConfig)}:
-            raise BenchInputError(f"--jiio-config {spec}: {name!r} is not a JIIOConfig field")
+        if not eq or name not in {f.name for f in dataclasses.fields(JIIOConfig)}:
+            raise BenchInputError(f"--jiio-config {spec}: {name!r} is not a JIIOConfig field (NAME=VALUE)")
         try:
             changes[name] = json.loads(text)
         except json.JSONDecodeError:

@@ -23,7 +23,7 @@ from orchestrator.bench._common import (
     _CallClock,
     _environment,
     _interleave,
-    _jiio_variant,
+    _jiio_variants,
     _load_data,
     _Log,
     _setup,
@@ -144,7 +144,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     cell, head, ckpt, size, _ = _build(args, splits, "attack")
     batches = _test_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
     base = JIIOConfig.paper("mnist_adversarial")
-    extra = {spec: _jiio_variant(spec, base) for spec in args.jiio_config}
+    extra = _jiio_variants(args.jiio_config, base)
     cell, head = cell.to(device), head.to(device)
     if ckpt:
         log(f"loaded {size} MDEQ classifier from {args.checkpoint}")

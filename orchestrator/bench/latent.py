@@ -21,7 +21,7 @@ from orchestrator.bench._common import (
     _CallClock,
     _environment,
     _interleave,
-    _jiio_variant,
+    _jiio_variants,
     _load_data,
     _Log,
     _setup,
@@ -173,7 +173,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             anderson_type=args.anderson_type,
         )
 
-    extra = {spec: _jiio_variant(spec, jiio_cfg(args.jiio_iters)) for spec in args.jiio_config}
+    extra = _jiio_variants(args.jiio_config, jiio_cfg(args.jiio_iters))
     cell, head = cell.to(device), head.to(device)
     if ckpt:
         log(f"loaded {size} MDEQ decoder (latent {latent_dim}) from {args.checkpoint}")

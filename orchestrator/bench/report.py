@@ -192,7 +192,8 @@ def _render_attack(out: dict[str, Any]) -> list[str]:
         for by in ("equal_loss", "equal_accuracy"):
             e = v[by]
             if e["step"] is None:
-                cells.append(f"never; >= {e['lower_bound']:.2f}x")
+                tied = f" (tied from {e['step_low']})" if e["step_low"] is not None else ""
+                cells.append(f"never{tied}; >= {e['lower_bound']:.2f}x")
             else:
                 span = f"{e['step_low']}-{_f(e['step_high'], 'd') if e['step_high'] is not None else '>'}"
                 cells.append(f"{e['step']} ({span}) {_ratio(e['ratio'])}")
@@ -226,7 +227,8 @@ def _render_latent(out: dict[str, Any]) -> list[str]:
     for name, v in out["versus"].items():
         e = v["equal_loss"]
         if e["step"] is None:
-            cell = f"never; >= {e['lower_bound']:.2f}x"
+            tied = f" (tied from {e['step_low']})" if e["step_low"] is not None else ""
+            cell = f"never{tied}; >= {e['lower_bound']:.2f}x"
         else:
             hi = "d" if e["step_high"] is not None else ""
             span = f"{e['step_low']}-{format(e['step_high'], hi) if hi else '>'}"

@@ -99,8 +99,17 @@ def _assert_one_line_error(rc: int, err: str, *needles: str) -> None:
 
 def test_attack_json_has_documented_keys_and_stays_in_the_ball(capsys):
     eps = 0.5
-    out = _run_json([*ATTACK, "--eps", str(eps)], capsys)
+    out = _run_json([*ATTACK, "--eps", str(eps), "--jiio-config", "fast@max_iter=3,anderson_m=2"], capsys)
     assert set(out) >= ATTACK_KEYS
+    fast = out["rows"].pop()  # the labelled --jiio-config variant comes last
+    assert fast["label"] == "fast" and fast["steps"] == 3
+    assert fast["jiio_config"]["anderson_m"] == 2 and fast["jiio_config"]["x_step"] == "normalized"
+    assert fast["max_perturbation"] <= eps + 1e-5
+    # paired against JIIO-8: the same runs, the same samples
+    vs = out["versus"]["fast"]["vs_main"]
+    logs = [math.log(a / b) for a, b in zip(out["jiio"]["seconds_all"], fast["seconds_all"], strict=True)]
+    assert vs["speed"]["ratio"] == pytest.approx(math.exp(sum(logs) / len(logs)))
+    assert vs["loss_diff"]["mean"] == pytest.approx(fast["loss"] - out["jiio"]["loss"], abs=1e-5)
     assert out["bench"] == "attack" and out["device_type"] == "cpu"
     assert out["torch"] == torch.__version__
     assert out["config"]["eps"] == eps and out["config"]["deq"]["solver"] == "broyden"
@@ -273,6 +282,10 @@ def test_latent_checkpoint_round_trip(tmp_path, capsys):
         (["bench", "attack", "--jiio-config", "no-such-preset"], "unknown JIIO preset"),
         (["bench", "attack", "--jiio-config", "anderson_q=3"], "not a JIIOConfig field"),
         (["bench", "latent", "--jiio-config", "alpha_z=2"], "alpha_z"),
+        (["bench", "latent", "--jiio-config", "nope:max_iter=3"], "unknown JIIO preset"),
+        (["bench", "attack", "--jiio-config", "jiio-80@max_iter=3"], "reserved"),
+        (["bench", "attack", "--jiio-config", "a@max_iter=3", "--jiio-config", "a@max_iter=4"], "repeated"),
+        (["bench", "latent", "--jiio-config", "paper-celeba-generative:foo=1"], "'foo'"),
         (["bench"], "required"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -343,6 +356,18 @@ def test_a_command_added_to_the_table_is_dispatched(monkeypatch, capsys):
     assert cli.main(["analyze", "results/"]) == 0 and seen["path"] == "results/"
     rc = cli.main(["analyze", "bad"])
     _assert_one_line_error(rc, capsys.readouterr().err, "jiio analyze: error: bad path")
+
+
+def test_jiio_config_variants_build_the_asked_configuration():
+    from jiio_core import JIIOConfig
+
+    base = JIIOConfig.paper("mnist_adversarial")
+    celeba = JIIOConfig.paper("celeba_generative")
+    assert bench._jiio_variant("paper-celeba-generative", base) == celeba
+    assert bench._jiio_variant("paper-celeba-generative:max_iter=40,init=cell_step", base) == celeba.replace(
+        max_iter=40, init="cell_step"
+    )
+    assert bench._jiio_variant("max_iter=7,alpha_x=0.25", base) == base.replace(max_iter=7, alpha_x=0.25)
 
 
 def test_steps_rows():
