@@ -390,6 +390,7 @@ def test_killed_right_after_the_first_checkpoint_resumes_to_the_end(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_killed_at_a_random_moment_resumes_to_the_end(tmp_path):
     seed = random.SystemRandom().randrange(2**32)
     delay = random.Random(seed).uniform(0.0, 9.0)
@@ -409,6 +410,7 @@ def test_killed_at_a_random_moment_resumes_to_the_end(tmp_path):
     assert _leftovers(tmp_path) == [], f"{note} (pid {killed_pid})"
 
 
+@pytest.mark.slow
 def test_killed_while_writing_a_checkpoint_resumes_and_leaves_no_temporary(tmp_path):
     """SIGKILL while ``<out>.tmp-<pid>`` is being written (after a first checkpoint exists).
     The resumed run completes and removes the killed run's temporary file."""
