@@ -134,8 +134,9 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         "--jiio-z0",
         choices=("step", "zeros"),
         default="step",
-        help="JIIO's initial state: step = f(0, x0), one cell evaluation, timed (default); "
-        "zeros = the paper's start z = 0",
+        help="the initial state of the JIIO-n rows: step = f(0, x0), one cell evaluation, timed "
+        "(default); zeros = the paper's start z = 0 (--jiio-config variants start as their own init "
+        "says)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(

@@ -180,13 +180,15 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
 
         return go
 
-    def jiio(cfg: JIIOConfig) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+    def jiio(cfg: JIIOConfig, own_start: bool = False) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        # --jiio-z0 sets the start of the JIIO-n rows; a --jiio-config variant starts as its
+        # own ``init`` says (jiio_solve's z0=None), as the solver sweep that found it did
         def go(x: Tensor, y: Tensor) -> dict[str, Any]:
             def loss_fn(z: Tensor) -> Tensor:  # JIIO minimises: the negated cross-entropy
                 return -F.cross_entropy(head(z), y, reduction="none")
 
             def solve() -> Any:
-                z0 = _z0(cell, x, args.jiio_z0)
+                z0 = None if own_start else _z0(cell, x, args.jiio_z0)
                 return jiio_solve(cell, loss_fn, x, z0=z0, config=cfg, project=l2_ball(x, args.eps))
 
             seconds, res = _timed(solve, device)
@@ -201,7 +203,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     K = args.pgd_steps
     configs = {f"jiio-{n}": base.replace(max_iter=n) for n in _steps(args.jiio_iters)}
     configs.update(extra)
-    variants = {f"pgd-{K}": pgd(K), **{name: jiio(cfg) for name, cfg in configs.items()}}
+    variants = {f"pgd-{K}": pgd(K), **{name: jiio(cfg, name in extra) for name, cfg in configs.items()}}
     x_w, y_w = batches[0]
     pgd(1)(x_w, y_w), jiio(base.replace(max_iter=2))(x_w, y_w)  # warm-up: allocator, kernels, lazy init
     runs, last = _interleave(variants, batches, args.reps, log)

@@ -221,7 +221,9 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
 
         return go
 
-    def jiio(cfg: JIIOConfig) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+    def jiio(cfg: JIIOConfig, own_start: bool = False) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        # --jiio-z0 sets the start of the JIIO-n rows; a --jiio-config variant starts as its
+        # own ``init`` says (jiio_solve's z0=None), as the solver sweep that found it did
         def go(target: Tensor, _: Tensor) -> dict[str, Any]:
             x0 = zeros(target)
 
@@ -229,7 +231,8 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
                 return _se(head(z), target)
 
             def solve() -> Any:
-                return jiio_solve(cell, loss_fn, x0, z0=_z0(cell, x0, args.jiio_z0), config=cfg)
+                z0 = None if own_start else _z0(cell, x0, args.jiio_z0)
+                return jiio_solve(cell, loss_fn, x0, z0=z0, config=cfg)
 
             seconds, res = _timed(solve, device)
             return {"seconds": seconds, "x": res.x, "res": res}
@@ -240,7 +243,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     iters = sorted({args.jiio_iters, *([args.jiio_long_iters] if args.jiio_long_iters else [])})
     configs = {f"jiio-{n}": jiio_cfg(n) for n in iters}
     configs.update(extra)
-    variants = {f"adam-{S}": adam(S), **{name: jiio(cfg) for name, cfg in configs.items()}}
+    variants = {f"adam-{S}": adam(S), **{name: jiio(cfg, name in extra) for name, cfg in configs.items()}}
     t_w, y_w = batches[0]
     adam(1)(t_w, y_w), jiio(jiio_cfg(2))(t_w, y_w)  # warm-up
     runs, last = _interleave(variants, batches, args.reps, log)
