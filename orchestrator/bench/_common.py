@@ -188,7 +188,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 class _CallClock:
     """Wraps a model; records when each call starts (synchronised), relative to ``reset``,
-    and the input of each call (a reference, no copy).
+    and a copy of the input of each call.
 
     A baseline that calls the model once per step (``pgd_attack``, ``adam_latent``) calls it
     the k-th time (0-based) exactly when its k-th iterate exists: ``starts[k]`` is the time
@@ -208,7 +208,8 @@ class _CallClock:
     def __call__(self, x: Tensor) -> Tensor:
         _sync(self.device)
         self.starts.append(time.perf_counter() - self.t0)
-        self.inputs.append(x.detach())
+        # a copy: an optimiser (adam_latent) updates its variable in place between calls
+        self.inputs.append(x.detach().clone())
         return self.fn(x)
 
 

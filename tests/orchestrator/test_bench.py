@@ -181,6 +181,9 @@ def test_latent_json_curves_and_plot(tmp_path, capsys):
     assert len(cj["seconds"]) == len(cj["loss"]) == 6
     assert ca["seconds"] == sorted(ca["seconds"]) and cj["seconds"] == sorted(cj["seconds"])
     assert ca["loss"][-1] == pytest.approx(a["loss"], rel=1e-4)
+    # iterate 0 is the zero latent (Adam updates its latent in place: each step's own copy)
+    assert ca["loss"][0] == pytest.approx(out["model"]["start_loss"], rel=1e-4)
+    assert len(set(ca["loss"])) > 1
     assert cj["seconds"][-1] == pytest.approx(j["seconds"])
     # speed ratio at equal loss, from Adam's curve
     k = out["adam_steps_to_jiio_loss"]
