@@ -163,8 +163,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)  # ValueError: bad input, one line
     parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out {args.out}: directory {parent} does not exist")
+    try:
+        os.makedirs(parent, exist_ok=True)  # models/ on a fresh checkout
+    except OSError as err:
+        raise ValueError(f"--out {args.out}: cannot create directory {parent}: {err.strerror}") from None
     if os.path.exists(args.out) and not args.resume:
         raise ValueError(f"--out {args.out} exists: pass --resume to continue it, or another path")
     if args.resume and not os.path.isfile(args.out):

@@ -236,9 +236,18 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
     assert not out.exists()
 
 
-def test_out_in_a_missing_directory_is_refused():
-    rc, _, err = _main([*TINY, "--out", "/nonexistent/dir/x.pt"])
-    _assert_one_line_error(rc, err, "/nonexistent/dir", "does not exist")
+def test_out_in_a_missing_directory_is_created(tmp_path):
+    out = tmp_path / "models" / "deeper" / "x.pt"  # models/ does not exist on a fresh checkout
+    rc, _, err = _main([*TINY, "--out", str(out)])
+    assert rc == 0, err
+    assert out.is_file()
+
+
+def test_out_where_no_directory_can_be_made_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    rc, _, err = _main([*TINY, "--out", str(blocker / "x.pt")])
+    _assert_one_line_error(rc, err, "cannot create directory", str(blocker))
 
 
 def test_console_script_prints_one_line_and_no_traceback(tmp_path):
