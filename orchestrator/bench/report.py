@@ -41,7 +41,7 @@ def _plot_latent(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for c, row in zip(curves.values(), rows, strict=True):
-        label = ("Adam " if row["method"] == "adam" else "JIIO ") + str(row["steps"])
+        label = row.get("label") or ("Adam " if row["method"] == "adam" else "JIIO ") + str(row["steps"])
         (line,) = ax.plot(c["seconds"], c["loss"], label=label)
         ax.plot([row["seconds"]], [row["loss"]], "o", color=line.get_color(), markersize=5)
     main = next(r for r in rows if r["method"] == "jiio" and r["steps"] == args.jiio_iters)
@@ -49,10 +49,16 @@ def _plot_latent(
     ax.set_xlabel("wall time (s)")
     ax.set_ylabel("reconstruction loss (summed SE per image)")
     ax.set_yscale("log")
-    title = f"{size} MDEQ decoder, {args.dataset}, batch {args.batch}, {_device_name(device)}"
+    n = getattr(args, "samples", args.batch)
+    title = (
+        f"{size} MDEQ decoder, {args.dataset}, {n} samples in batches of {args.batch}, {_device_name(device)}"
+    )
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    legend = f"dots: loss re-solved at the result\ndotted: JIIO {args.jiio_iters}'s loss"
+    legend = (
+        f"dots: loss re-solved at the result\ndotted: JIIO {args.jiio_iters}'s loss\n"
+        "JIIO curves: its own objective"
+    )
     ax.legend(title=legend, title_fontsize=8, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
