@@ -72,7 +72,7 @@ PRESETS: dict[str, Preset] = {
             init="cell_step",
             anderson_type="I",
         ),
-        source="sweeps/solver.py solver-gen-jiio trial 7b5f0abc1658 (docs/benchmarks.md): 2.9x faster "
+        source="sweeps/solver.py solver-gen-jiio trial 7b5f0abc1658 (docs/benchmarks.md): 3x faster "
         "than the paper's JIIO-100 at 44% lower reconstruction loss; Adam-25's loss 10x faster",
     ),
 }
