@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: digits (no files needed)")
     p.add_argument("--data-root", default=None, help="directory holding the dataset (all but digits)")
+    p.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")
     p.add_argument("--size", choices=("tiny", "paper"), default="tiny", help="MDEQ size (default tiny)")
     p.add_argument("--epochs", type=int, default=4, help="epochs (default 4)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch")
@@ -176,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        data = load_dataset(DataConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed))
+        data = load_dataset(
+            DataConfig(dataset=args.dataset, data_root=args.data_root, download=args.download, seed=args.seed)
+        )
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from None
     torch.manual_seed(args.seed)
