@@ -12,6 +12,7 @@ multi-objective sweep.
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -131,7 +132,10 @@ def run_solve(
     summed squared error against the observation), ``solve_s`` (wall time of the solves),
     ``solver_diverged`` / ``solver_converged`` (fractions), and ``attack_acc`` (adversarial)
     or ``recon_psnr`` (PSNR in dB of the reconstruction against the clean image). Writes
-    one ``steps`` row per batch (phase ``"solve"``) and its per-iteration ``traces``.
+    one ``steps`` row per batch (phase ``"solve"``) and its per-iteration ``traces``; a row
+    lists the inner loss of every sample of its batch, in order, in
+    ``inner_objective_samples`` (NaN where the solve diverged; ``eval_n`` values), so every
+    trial of the sweep lists the same samples at the same places.
     """
     if meta.checkpoint is None:
         raise ValueError("a solve sweep needs a checkpoint (SweepMeta.checkpoint)")
@@ -178,8 +182,13 @@ def run_solve(
                 "solver_residual": float(res.residual[ok].mean()) if bool(ok.any()) else float("inf"),
                 "solve_s": solve_s,
                 quality_name: quality[-1],
-                # per sample (solved ones), for the analysis' intervals of inner_objective
-                "inner_objective_samples": [float(v) for v in res.objective[ok].tolist()],
+                # every sample of the batch in order (NaN where the solve diverged), so the
+                # analysis can pair trials sample by sample; eval_n: the list's length
+                "inner_objective_samples": [
+                    float(v) if good else math.nan
+                    for v, good in zip(res.objective.tolist(), ok.tolist(), strict=True)
+                ],
+                "eval_n": int(ok.numel()),
             }
         )
         means = mean_trace(res)

@@ -6,15 +6,22 @@ import math
 from typing import Any
 
 from orchestrator.analysis.report import fmt
-from orchestrator.analysis.summary import Interval, compare_values
+from orchestrator.analysis.summary import Interval, PerSample, compare_values
 
 __all__ = ["compare_summaries", "compare_text"]
 
 
 def _interval(row: dict[str, Any], metric: str) -> Interval:
+    """The row's interval, with its per-sample values when the summary found them on known
+    samples: two sweeps' best trials are compared paired when those are the same samples
+    (equal sample keys: equal data, seed, batches and, for solve sweeps, checkpoint)."""
+    per = row.get(f"{metric}_per_sample")
+    per = per if isinstance(per, PerSample) else None
     ci = row.get(f"{metric}_ci")
     if ci and all(isinstance(v, (int, float)) for v in ci):
-        return Interval(float(ci[0]), float(ci[1]), row.get(f"{metric}_n"), row.get(f"{metric}_ci_method"))
+        return Interval(
+            float(ci[0]), float(ci[1]), row.get(f"{metric}_n"), row.get(f"{metric}_ci_method"), per
+        )
     return Interval(n=row.get(f"{metric}_n"))
 
 

@@ -7,7 +7,12 @@ Intervals (:mod:`orchestrator.stats`): an accuracy-like objective (``*acc*``, ``
 (``<metric>_samples``) gets a bootstrap interval; otherwise the interval is unknown and the
 summary says "n unknown". "Best beats the paper configuration" is said only when the two
 intervals do not overlap; otherwise the summary says they cannot be told apart and by how
-much the evaluation would have to grow for the observed difference to separate them.
+much the evaluation would have to grow for the observed difference to separate them. When
+both were scored on the same samples (every trial of a solve sweep; a training sweep's
+trials on its fixed held-out split: :mod:`orchestrator.analysis.intervals` says how this is
+decided), the verdict is paired instead: the 95% interval of the per-sample differences
+must exclude 0. A row's ``<metric>_per_sample`` (a :class:`PerSample`, printed compactly
+in JSON) carries those values for ``jiio analyze --compare``.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import pandas as pd
 
 from orchestrator.analysis.engine import Source, reason
 from orchestrator.analysis.importance import importances
-from orchestrator.analysis.intervals import Interval, compare_values, intervals
+from orchestrator.analysis.intervals import Interval, PerSample, compare_values, intervals
 
-__all__ = ["Interval", "compare_values", "objectives", "ranked", "status_of", "summarize"]
+__all__ = ["Interval", "PerSample", "compare_values", "objectives", "ranked", "status_of", "summarize"]
 
 GUESSES = ("robust_acc", "test_psnr_median", "test_psnr", "inner_objective")
 FINISHED = ("completed", "diverged", "pruned")
@@ -258,7 +263,7 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
     )
     median = order.iloc[[len(order) // 2]] if len(order) else order
     shown = pd.concat([best, paper, median]).drop_duplicates("trial_id")
-    ivs = {m: intervals(src, sweep, shown, m) for m in metrics if m in trials}
+    ivs = {m: intervals(src, sweep, shown, m, meta) for m in metrics if m in trials}
 
     def with_ci(r: pd.Series, base: list[str]) -> dict[str, Any]:
         row = _row(r, base)
@@ -267,6 +272,8 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
             row[f"{m}_ci"] = [_plain(iv.lo), _plain(iv.hi)] if iv.known else None
             row[f"{m}_n"] = iv.n
             row[f"{m}_ci_method"] = iv.method
+            if iv.per_sample is not None:
+                row[f"{m}_per_sample"] = iv.per_sample
         return row
 
     out["best"] = [with_ci(r, cols) for _, r in best.iterrows()]

@@ -9,12 +9,14 @@ trains once and reuses; the Pareto writer is checked end to end against a brute-
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from jiio_core import jiio_solve, l2_ball
 from jiio_core.jiio import TRACE_KEYS
+from orchestrator.analysis import summarize
 from orchestrator.data import DataConfig, load_dataset, make_loader
 from orchestrator.results import ResultStore
 from orchestrator.solve_trial import ensure_checkpoint, load_bytes, run_solve
@@ -127,12 +130,13 @@ def _solve_config(task: str, batch: int = BATCH, batches: int = EVAL_BATCHES) ->
 
 def _reference(
     task: str, checkpoint: str, data, batch: int = BATCH, batches: int = EVAL_BATCHES
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The solve sweep's metrics recomputed independently: our own loss, our own batches.
 
     The modules come from the checkpoint; the batches are the first ``batches`` of the
     test split in order; the inner loss is written out here; the reported objective is
-    recomputed from ``head(res.z)``, not taken from the solver.
+    recomputed from ``head(res.z)``, not taken from the solver; ``samples``: every sample's
+    loss in order, NaN where the solve diverged.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = _solve_config(task, batch, batches)
@@ -143,7 +147,7 @@ def _reference(
         p.requires_grad_(False)
     # the corruptions of the task's evaluation: its generator, drawn batch after batch
     gen = trainer._eval_generator() if task != "adversarial" else None
-    objective, quality, clean_objective = [], [], []
+    objective, quality, clean_objective, samples = [], [], [], []
     loader = make_loader(data.test, batch, shuffle=False)
     for i, (images, labels) in enumerate(loader):
         if i >= batches:
@@ -171,15 +175,17 @@ def _reference(
             out = head(res.z)
             if task == "adversarial":
                 assert bool(((res.x - images).flatten(1).norm(dim=1) <= cfg.eps + 1e-5).all())
-                objective.append(float(-F.cross_entropy(out, labels, reduction="none")[ok].mean()))
+                per = -F.cross_entropy(out, labels, reduction="none")
                 quality.append(float((out.argmax(1) == labels).float().mean()))
             else:
-                objective.append(float((mask * (out - observed)).pow(2).flatten(1).sum(1)[ok].mean()))
+                per = (mask * (out - observed)).pow(2).flatten(1).sum(1)
                 mse = (out - images).pow(2).flatten(1).mean(1)
                 quality.append(float((10 * torch.log10(1 / mse.clamp_min(1e-12))).mean()))
                 clean_objective.append(float((out - images).pow(2).flatten(1).sum(1)[ok].mean()))
+            objective.append(float(per[ok].mean()))
+            samples += [float(v) if good else math.nan for v, good in zip(per, ok, strict=True)]
     n = len(objective)
-    ref = {"inner_objective": sum(objective) / n}
+    ref: dict[str, Any] = {"inner_objective": sum(objective) / n, "samples": samples}
     ref["attack_acc" if task == "adversarial" else "recon_psnr"] = sum(quality) / n
     if clean_objective:
         ref["clean_objective"] = sum(clean_objective) / n
@@ -230,8 +236,15 @@ def test_run_solve_scores_the_tasks_own_inner_problem(task, data, checkpoints, t
     assert sorted(steps["step"]) == list(range(1, EVAL_BATCHES + 1))
     assert steps[["loss", "solver_iterations", "solve_s", quality]].map(math.isfinite).all().all()
     assert steps["loss"].mean() == pytest.approx(metrics["inner_objective"], rel=1e-6)
+    steps = steps.sort_values("step")
+    assert list(steps["eval_n"]) == [BATCH] * EVAL_BATCHES
     for loss, values in zip(steps["loss"], steps["inner_objective_samples"], strict=True):
-        assert len(values) >= 1 and sum(values) / len(values) == pytest.approx(loss, rel=1e-5)
+        # every sample of the batch in order; the row's loss is the mean of the solved ones
+        finite = [v for v in values if math.isfinite(v)]
+        assert len(values) == BATCH and finite
+        assert sum(finite) / len(finite) == pytest.approx(loss, rel=1e-5)
+    listed = [float(v) for values in steps["inner_objective_samples"] for v in values]
+    assert listed == pytest.approx(ref["samples"], rel=1e-4, abs=1e-5, nan_ok=True)
     traces = store.read("traces", "s")
     assert set(traces.columns) >= TRACE_COLUMNS and set(traces["trial_id"]) == {"t1"}
     assert not traces.duplicated(["trial_id", "step", "iteration"]).any()
@@ -250,6 +263,32 @@ def test_run_solve_generative_at_a_broadcasting_batch(data, checkpoints, tmp_pat
     metrics, _ = run_solve(cfg, data, _meta(tmp_path, ckpt), store, "t16")
     ref = _reference("generative", ckpt, data, batch=16, batches=1)
     assert metrics["inner_objective"] == pytest.approx(ref["inner_objective"], rel=1e-4)
+
+
+def test_run_solve_lists_diverged_samples_as_nan_in_place(data, checkpoints, tmp_path, monkeypatch):
+    """A diverged sample keeps its place in ``inner_objective_samples`` (NaN), so trials
+    that diverge on different samples still list the same samples at the same places."""
+    import orchestrator.solve_trial as solve_trial
+
+    solve = solve_trial._solve_batch
+
+    def second_diverges(trainer, x, y, gen):
+        res = solve(trainer, x, y, gen)
+        diverged = res.diverged.clone()
+        diverged[1] = True
+        return dataclasses.replace(res, diverged=diverged)
+
+    monkeypatch.setattr(solve_trial, "_solve_batch", second_diverges)
+    store = ResultStore(str(tmp_path))
+    metrics, _ = run_solve(
+        _solve_config("adversarial"), data, _meta(tmp_path, checkpoints["adversarial"]), store, "t"
+    )
+    steps = store.read("steps", "s").sort_values("step")
+    assert metrics["eval_n"] == EVAL_BATCHES * BATCH
+    for loss, values, n in zip(steps["loss"], steps["inner_objective_samples"], steps["eval_n"], strict=True):
+        assert n == len(values) == BATCH and math.isnan(values[1])
+        rest = [v for i, v in enumerate(values) if i != 1]
+        assert all(math.isfinite(v) for v in rest) and sum(rest) / len(rest) == pytest.approx(loss, rel=1e-6)
 
 
 def test_run_solve_needs_a_checkpoint(data, tmp_path):
@@ -368,6 +407,11 @@ def _solver_sweep(tmp_path: Path, task: str | None) -> None:
     steps = store.read("steps", "p")
     assert set(steps["phase"]) == {"solve"} and set(steps["trial_id"]) == set(trials["trial_id"])
     assert (storage / "models" / "p.pt").is_file()
+    # every trial listed every sample of the same batches: jiio analyze pairs them
+    s = summarize(store, "p")
+    assert all(len(r["inner_objective_per_sample"]) == 16 for r in s["best"])  # --smoke: 1 batch of 16
+    if "verdict" in s and s["best"][0]["trial_id"] != s["paper"]["trial_id"]:
+        assert s["verdict"]["paired"]["n"] >= 2 and "paired over" in s["verdict"]["text"]
 
 
 def test_solver_sweep_pareto_front_default_task(tmp_path):
