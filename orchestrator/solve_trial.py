@@ -210,7 +210,9 @@ def run_solve(
         quality_name: sum(quality) / n,
         "eval_n": eval_n,
     }
-    status = "diverged" if metrics["solver_diverged"] > 0.5 else "completed"
+    # more than half diverged, or a whole batch did (its objective is inf: nothing to rank)
+    bad = metrics["solver_diverged"] > 0.5 or not math.isfinite(metrics["inner_objective"])
+    status = "diverged" if bad else "completed"
     return metrics, status
 
 

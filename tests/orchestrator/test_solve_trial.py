@@ -291,6 +291,32 @@ def test_run_solve_lists_diverged_samples_as_nan_in_place(data, checkpoints, tmp
         assert all(math.isfinite(v) for v in rest) and sum(rest) / len(rest) == pytest.approx(loss, rel=1e-6)
 
 
+def test_a_wholly_diverged_batch_makes_the_trial_diverged(data, checkpoints, tmp_path, monkeypatch):
+    """One of two batches diverges entirely, the other not at all: solver_diverged is exactly
+    0.5 and inner_objective is inf; the trial must not end "completed" with nothing to rank."""
+    import orchestrator.solve_trial as solve_trial
+
+    solve, calls = solve_trial._solve_batch, []
+
+    def first_batch_diverges(trainer, x, y, gen):
+        res = solve(trainer, x, y, gen)
+        calls.append(1)
+        if len(calls) == 1:
+            res = dataclasses.replace(res, diverged=torch.ones_like(res.diverged))
+        return res
+
+    monkeypatch.setattr(solve_trial, "_solve_batch", first_batch_diverges)
+    metrics, status = run_solve(
+        _solve_config("adversarial"),
+        data,
+        _meta(tmp_path, checkpoints["adversarial"]),
+        ResultStore(str(tmp_path)),
+        "t",
+    )
+    assert metrics["solver_diverged"] == 0.5 and metrics["inner_objective"] == math.inf
+    assert status == "diverged"
+
+
 def test_run_solve_needs_a_checkpoint(data, tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
         run_solve(_solve_config("generative"), data, _meta(tmp_path, None), ResultStore(str(tmp_path)), "t")
