@@ -77,7 +77,11 @@ def ratio_interval(num: Sequence[float], den: Sequence[float]) -> dict[str, floa
     """
     if len(num) != len(den) or not num:
         raise ValueError(f"need paired, non-empty timings, got {len(num)} and {len(den)}")
-    logs = torch.tensor([math.log(a / b) for a, b in zip(num, den, strict=True)], dtype=torch.float64)
+    # a time of 0 is below the clock's resolution (a baseline's iterate 0 exists at once)
+    tiny = 1e-9
+    logs = torch.tensor(
+        [math.log(max(a, tiny) / max(b, tiny)) for a, b in zip(num, den, strict=True)], dtype=torch.float64
+    )
     n = len(num)
     m = float(logs.mean())
     half = _t(n) * float(logs.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.inf
