@@ -45,8 +45,8 @@ def front_configs(results: str, name: str, top: int) -> list[dict[str, Any]]:
             f"no Pareto front for sweep {name!r} under {results} (has sweeps/solver.py finished?)"
         )
     front = front.sort_values("solve_s").reset_index(drop=True)
-    n = len(front)
-    picks = sorted({round(i * (n - 1) / max(1, top - 1)) for i in range(min(top, n))})
+    n, k = len(front), min(top, len(front))
+    picks = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
     return [
         {k: (v.item() if hasattr(v, "item") else v) for k, v in front.iloc[i].items() if k != "sweep"}
         for i in picks
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=4, help="front configurations to re-measure (default 4)")
     p.add_argument("--out", required=True, help="output prefix: OUT.json and OUT.png")
     args = p.parse_args(own)
+    if args.top < 1:
+        p.error(f"--top must be an integer >= 1, got {args.top}")
     rows = front_configs(args.results, args.name, args.top)
     specs = [spec(r) for r in rows]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -97,6 +97,16 @@ def test_front_rows_run_as_labelled_variants(tmp_path, capsys):
     assert "front-a" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("n", "top", "want"), [(3, 5, [0, 1, 2]), (5, 2, [0, 4]), (5, 3, [0, 2, 4]), (1, 4, [0])]
+)
+def test_front_picks_spread_over_the_front(tmp_path, n, top, want):
+    store = ResultStore(str(tmp_path))
+    store.write("pareto", "s", "front", [_row(f"t{i}", float(i + 1)) for i in range(n)])
+    rows = _module().front_configs(str(tmp_path), "s", top)
+    assert [r["trial_id"] for r in rows] == [f"t{i}" for i in want]
+
+
 def test_missing_front_is_one_clear_message(tmp_path):
     mod = _module()
     with pytest.raises(SystemExit, match="no Pareto front"):
