@@ -43,9 +43,9 @@ from orchestrator.bench._common import (
     _pos_float,
     _pos_int,
 )
-from orchestrator.bench._common import _jiio_variant as _jiio_variant
-from orchestrator.bench._common import _steps as _steps
 from orchestrator.bench._common import _test_batches as _test_batches
+from orchestrator.bench._timing import _steps as _steps
+from orchestrator.bench._variants import _jiio_variant as _jiio_variant
 from orchestrator.bench.attack import run_attack
 from orchestrator.bench.latent import LATENT_ALPHA_X, LATENT_ANDERSON_M, LATENT_ANDERSON_TYPE, run_latent
 from orchestrator.bench.report import _finite, _render

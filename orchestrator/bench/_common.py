@@ -1,12 +1,12 @@
 """Shared parts of ``jiio bench`` (:mod:`orchestrator.bench`): the error type, the flags both
-benchmarks take, progress and timing helpers, device and environment, data, checkpoint loading
-and model building, and the interleaved timing loop."""
+benchmarks take, progress, device and environment, data, checkpoint loading and model
+building. Timing is in :mod:`orchestrator.bench._timing`, ``--jiio-config`` in
+:mod:`orchestrator.bench._variants`, the statistics in :mod:`orchestrator.bench.measure`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, JIIOConfig, MDEQCell, MDEQConfig
+from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, MDEQCell, MDEQConfig
 from orchestrator.data import (
     DATASETS,
     DataConfig,
@@ -32,7 +32,6 @@ from orchestrator.tasks.common import mdeq_config
 __all__ = [
     "_TRAIN_DEQ",
     "BenchInputError",
-    "_CallClock",
     "_Log",
     "_baseline_deq",
     "_build",
@@ -40,9 +39,6 @@ __all__ = [
     "_device",
     "_device_name",
     "_environment",
-    "_interleave",
-    "_jiio_variant",
-    "_jiio_variants",
     "_load",
     "_load_checkpoint",
     "_load_data",
@@ -52,10 +48,7 @@ __all__ = [
     "_pos_float",
     "_pos_int",
     "_setup",
-    "_steps",
-    "_sync",
     "_test_batches",
-    "_timed",
     "_z0",
 ]
 
@@ -171,46 +164,6 @@ class _Log:
     def __call__(self, msg: str) -> None:
         if not self.quiet:
             print(f"[jiio bench {self.name} {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, out
-
-
-class _CallClock:
-    """Wraps a model; records when each call starts (synchronised), relative to ``reset``,
-    and a copy of the input of each call.
-
-    A baseline that calls the model once per step (``pgd_attack``, ``adam_latent``) calls it
-    the k-th time (0-based) exactly when its k-th iterate exists: ``starts[k]`` is the time
-    it took to compute that iterate, ``inputs[k]`` the iterate itself.
-    """
-
-    def __init__(self, fn: Callable[[Tensor], Tensor], device: torch.device) -> None:
-        self.fn, self.device = fn, device
-        self.starts: list[float] = []
-        self.inputs: list[Tensor] = []
-        self.t0 = time.perf_counter()
-
-    def reset(self) -> None:
-        _sync(self.device)
-        self.starts, self.inputs, self.t0 = [], [], time.perf_counter()
-
-    def __call__(self, x: Tensor) -> Tensor:
-        _sync(self.device)
-        self.starts.append(time.perf_counter() - self.t0)
-        # a copy: an optimiser (adam_latent) updates its variable in place between calls
-        self.inputs.append(x.detach().clone())
-        return self.fn(x)
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -363,73 +316,3 @@ def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor:
         return cell.init_z(x)
     with torch.no_grad():
         return cell(cell.init_z(x), x)
-
-
-def _jiio_variants(specs: list[str], base: JIIOConfig) -> dict[str, JIIOConfig]:
-    """The ``--jiio-config`` variants by label: ``LABEL@SPEC`` names one, else the spec is its
-    own label."""
-    out: dict[str, JIIOConfig] = {}
-    for spec in specs:
-        label, at, body = spec.partition("@")
-        label, body = (label.strip(), body) if at else (spec, spec)
-        if not label or label in out or label.startswith(("jiio-", "pgd-", "adam-")):
-            raise BenchInputError(f"--jiio-config {spec}: the label {label!r} is empty, repeated or reserved")
-        out[label] = _jiio_variant(body, base)
-    return out
-
-
-def _jiio_variant(spec: str, base: JIIOConfig) -> JIIOConfig:
-    """``--jiio-config``: a preset name (:data:`jiio_core.PRESETS`), ``NAME=VALUE,...`` fields
-    set on ``base`` (the bench's own JIIO settings), or ``PRESET:NAME=VALUE,...`` (fields set
-    on a preset)."""
-    head, colon, rest = spec.partition(":") if ":" in spec else ("", "", spec)
-    if head or "=" not in rest:
-        try:
-            base = JIIOConfig.preset(head or rest)
-        except ValueError as err:
-            raise BenchInputError(f"--jiio-config {spec}: {err}") from None
-        if not colon:
-            return base
-    changes: dict[str, Any] = {}
-    for item in rest.split(","):
-        name, eq, text = item.partition("=")
-        name = name.strip()
-        if not eq or name not in {f.name for f in dataclasses.fields(JIIOConfig)}:
-            raise BenchInputError(f"--jiio-config {spec}: {name!r} is not a JIIOConfig field (NAME=VALUE)")
-        try:
-            changes[name] = json.loads(text)
-        except json.JSONDecodeError:
-            changes[name] = text.strip()
-    try:
-        return base.replace(**changes)
-    except (ValueError, TypeError) as err:
-        raise BenchInputError(f"--jiio-config {spec}: {err}") from None
-
-
-def _steps(k: int) -> list[int]:
-    """The row counts shown for a budget of ``k`` steps: k/4, k/2 and k (deduplicated)."""
-    return sorted({max(1, k // 4), max(1, k // 2), k})
-
-
-def _interleave(
-    variants: dict[str, Callable[[Tensor, Tensor], Any]],
-    batches: list[tuple[Tensor, Tensor]],
-    reps: int,
-    log: _Log,
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Any]]]:
-    """Run every variant on every batch, in turn (a paired timing run per batch), ``reps``
-    times over. Returns each variant's timings, one ``{"seconds", "times"?}`` per run in run
-    order (``times``: a baseline's per-step clock), and its full outputs of the last pass
-    (one per batch)."""
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
-    last: dict[str, list[Any]] = {k: [] for k in variants}
-    for r in range(reps):
-        for b, (x, y) in enumerate(batches):
-            for name, fn in variants.items():
-                out = fn(x, y)
-                runs[name].append({k: out[k] for k in ("seconds", "times") if k in out})
-                if r == reps - 1:
-                    last[name].append(out)
-            shown = ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items())
-            log(f"pass {r + 1}/{reps}, batch {b + 1}/{len(batches)}: {shown}")
-    return runs, last

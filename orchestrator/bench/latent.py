@@ -18,17 +18,15 @@ from orchestrator.bench._common import (
     _TRAIN_DEQ,
     _baseline_deq,
     _build,
-    _CallClock,
     _environment,
-    _interleave,
-    _jiio_variants,
     _load_data,
     _Log,
     _setup,
     _test_batches,
-    _timed,
     _z0,
 )
+from orchestrator.bench._timing import _CallClock, _interleave, _timed
+from orchestrator.bench._variants import _jiio_variants
 from orchestrator.bench.measure import crossing, mean_interval, ratio_interval
 from orchestrator.bench.report import _plot_latent
 from orchestrator.data import DatasetSplits
