@@ -29,7 +29,13 @@ from orchestrator.bench._common import (
 )
 from orchestrator.bench._timing import _CallClock, _interleave, _steps, _timed
 from orchestrator.bench._variants import _jiio_variants
-from orchestrator.bench.measure import accuracy_interval, crossing, mean_interval, ratio_interval
+from orchestrator.bench.measure import (
+    accuracy_interval,
+    equal_strength,
+    mean_interval,
+    ratio_interval,
+    timing_row,
+)
 from orchestrator.bench.report import _plot_attack
 from orchestrator.data import DatasetSplits, make_loader
 
@@ -90,20 +96,14 @@ def _cat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def _row(method: str, steps: int, label: str, times: list[float], s: dict[str, Tensor]) -> dict[str, Any]:
-    acc, ce = accuracy_interval(s["correct"]), mean_interval(s["ce"])
-    return {
-        "method": method,
-        "steps": steps,
-        "label": label,
-        "seconds": statistics.median(times),  # per batch
-        "seconds_all": times,
-        "accuracy": acc["mean"],
-        "accuracy_ci": [acc["low"], acc["high"]],
-        "loss": ce["mean"],
-        "loss_ci": [ce["low"], ce["high"]],
-        "max_perturbation": float(s["delta"].max()),
-        "n": acc["n"],
-    }
+    acc = accuracy_interval(s["correct"])
+    row = timing_row(method, steps, label, times, s["ce"])
+    row.update(
+        accuracy=acc["mean"],
+        accuracy_ci=[acc["low"], acc["high"]],
+        max_perturbation=float(s["delta"].max()),
+    )
+    return row
 
 
 def _versus(
@@ -112,23 +112,12 @@ def _versus(
     """One JIIO variant against the PGD run: raw speedup, and the speed ratio at equal
     strength by cross-entropy and by accuracy (paired per sample), with intervals."""
     t_j, K = row["seconds_all"], len(curve) - 1
-    runs = len(t_j)
-
-    def at(k: int | None) -> dict[str, float] | None:
-        return None if k is None else ratio_interval([pgd_times[r][k] for r in range(runs)], t_j)
-
-    out: dict[str, Any] = {"label": row["label"], "speedup": at(K)}
-    for by, key, higher in (("loss", "ce", True), ("accuracy", "correct", False)):
-        c = crossing([p[key] for p in curve], s[key], higher_is_stronger=higher)
-        low, high = at(c["step_low"]), at(c["step_high"])
-        out[f"equal_{by}"] = {
-            **c,
-            "ratio": at(c["step"]),
-            # PGD steps from "cannot be told apart" to "stronger beyond doubt": the ratio's range
-            "range": [low["low"] if low else None, high["high"] if high else None],
-            "lower_bound": at(K)["low"] if c["step"] is None else None,  # type: ignore[index]
-        }
-    return out
+    return {
+        "label": row["label"],
+        "speedup": ratio_interval([t[K] for t in pgd_times[: len(t_j)]], t_j),
+        "equal_loss": equal_strength(pgd_times, t_j, [p["ce"] for p in curve], s["ce"], True),
+        "equal_accuracy": equal_strength(pgd_times, t_j, [p["correct"] for p in curve], s["correct"], False),
+    }
 
 
 def run_attack(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from orchestrator.bench._common import (
 )
 from orchestrator.bench._timing import _CallClock, _interleave, _timed
 from orchestrator.bench._variants import _jiio_variants
-from orchestrator.bench.measure import crossing, mean_interval, ratio_interval
+from orchestrator.bench.measure import equal_strength, mean_interval, ratio_interval, timing_row
 from orchestrator.bench.report import _plot_latent
 from orchestrator.data import DatasetSplits
 
@@ -122,35 +122,10 @@ def _versus(
     """One JIIO variant against the Adam run: raw speedup and the speed ratio at equal
     reconstruction loss (paired per image), with intervals."""
     t_j, S = row["seconds_all"], len(curve) - 1
-
-    def at(k: int | None) -> dict[str, float] | None:
-        return None if k is None else ratio_interval([adam_times[r][k] for r in range(len(t_j))], t_j)
-
-    c = crossing(curve, loss, higher_is_stronger=False)
-    low, high = at(c["step_low"]), at(c["step_high"])
     return {
         "label": row["label"],
-        "speedup": at(S),
-        "equal_loss": {
-            **c,
-            "ratio": at(c["step"]),
-            "range": [low["low"] if low else None, high["high"] if high else None],
-            "lower_bound": at(S)["low"] if c["step"] is None else None,  # type: ignore[index]
-        },
-    }
-
-
-def _row(method: str, steps: int, label: str, times: list[float], loss: Tensor) -> dict[str, Any]:
-    m = mean_interval(loss)
-    return {
-        "method": method,
-        "steps": steps,
-        "label": label,
-        "seconds": statistics.median(times),  # per batch
-        "seconds_all": times,
-        "loss": m["mean"],
-        "loss_ci": [m["low"], m["high"]],
-        "n": m["n"],
+        "speedup": ratio_interval([t[S] for t in adam_times[: len(t_j)]], t_j),
+        "equal_loss": equal_strength(adam_times, t_j, curve, loss, False),
     }
 
 
@@ -252,7 +227,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
         torch.cat([per_image(o["inputs"][k], t) for o, (t, _) in zip(adam_last, batches, strict=True)])
         for k in range(S + 1)
     ]
-    rows = [_row("adam", S, f"adam-{S}", [t[S] for t in adam_times], curve[S])]
+    rows = [timing_row("adam", S, f"adam-{S}", [t[S] for t in adam_times], curve[S])]
     curves: dict[str, dict[str, list[float]]] = {
         f"adam-{S}": {
             "seconds": [statistics.median(t[k] for t in adam_times) for k in range(S + 1)],
@@ -263,7 +238,9 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     losses: dict[str, Tensor] = {}
     for name, outs in last.items():
         losses[name] = torch.cat([per_image(o["x"], t) for o, (t, _) in zip(outs, batches, strict=True)])
-        row = _row("jiio", configs[name].max_iter, name, [run["seconds"] for run in runs[name]], losses[name])
+        row = timing_row(
+            "jiio", configs[name].max_iter, name, [run["seconds"] for run in runs[name]], losses[name]
+        )
         row["objective"] = statistics.fmean(float(o["res"].objective.mean()) for o in outs)  # JIIO's own
         row["diverged"] = statistics.fmean(float(o["res"].diverged.float().mean()) for o in outs)
         if name in extra:

@@ -26,7 +26,14 @@ from torch import Tensor
 
 from orchestrator.stats import wilson
 
-__all__ = ["accuracy_interval", "crossing", "mean_interval", "ratio_interval"]
+__all__ = [
+    "accuracy_interval",
+    "crossing",
+    "equal_strength",
+    "mean_interval",
+    "ratio_interval",
+    "timing_row",
+]
 
 
 def _t(n: int) -> float:
@@ -120,3 +127,58 @@ def crossing(curve: Sequence[Tensor], reference: Tensor, higher_is_stronger: boo
         if high is None and d["low"] >= 0:
             high = k
     return {"step": step, "step_low": low, "step_high": high}
+
+
+def equal_strength(
+    base_times: Sequence[Sequence[float]],
+    jiio_times: Sequence[float],
+    curve: Sequence[Tensor],
+    reference: Tensor,
+    higher_is_stronger: bool,
+) -> dict[str, Any]:
+    """Speed ratio of a baseline (per-step times ``base_times[run][k]``) over a JIIO variant
+    (``jiio_times[run]``, paired runs) where the baseline's per-sample ``curve`` reaches the
+    variant's ``reference`` values (:func:`crossing`): ``ratio`` at that step, ``range`` from
+    the first step that cannot be told apart to the first beyond doubt (lower end of the one,
+    upper end of the other), ``lower_bound`` when the baseline never gets there (its last
+    step's ratio, lower end).
+
+    Example:
+        >>> ref = torch.tensor([1.0, 1.0])
+        >>> curve = [ref - 1, ref, ref + 1]
+        >>> out = equal_strength([[0.0, 1.0, 2.0]] * 2, [0.5, 0.5], curve, ref, True)
+        >>> out["step"], round(out["ratio"]["ratio"], 6)
+        (1, 2.0)
+    """
+
+    def at(k: int | None) -> dict[str, float] | None:
+        if k is None:
+            return None
+        return ratio_interval([base_times[r][k] for r in range(len(jiio_times))], jiio_times)
+
+    c = crossing(curve, reference, higher_is_stronger=higher_is_stronger)
+    low, high, last = at(c["step_low"]), at(c["step_high"]), at(len(curve) - 1)
+    return {
+        **c,
+        "ratio": at(c["step"]),
+        "range": [low["low"] if low else None, high["high"] if high else None],
+        "lower_bound": last["low"] if c["step"] is None and last else None,
+    }
+
+
+def timing_row(method: str, steps: int, label: str, times: list[float], loss: Tensor) -> dict[str, Any]:
+    """A bench table row: median time per batch over the runs, and the mean per-sample
+    ``loss`` (cross-entropy or reconstruction loss) with its interval."""
+    import statistics
+
+    m = mean_interval(loss)
+    return {
+        "method": method,
+        "steps": steps,
+        "label": label,
+        "seconds": statistics.median(times),  # per batch
+        "seconds_all": times,
+        "loss": m["mean"],
+        "loss_ci": [m["low"], m["high"]],
+        "n": m["n"],
+    }

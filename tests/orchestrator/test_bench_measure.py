@@ -227,3 +227,30 @@ def test_crossing_steps_are_ordered_and_symmetric_under_negation(data, higher_is
     # lower-is-stronger on negated values is the same question as higher-is-stronger
     negated = crossing([-c for c in curve], -ref, not higher_is_stronger)
     assert negated == got
+
+
+def test_equal_strength_against_a_brute_force_reference():
+    """The ratio at the crossing step, its range and the lower bound, recomputed by hand."""
+    from orchestrator.bench.measure import equal_strength
+
+    gen = torch.Generator().manual_seed(7)
+    ref = torch.rand(64, generator=gen, dtype=torch.float64)
+    curve = [
+        ref + (k - 3) * 0.05 + 0.01 * torch.randn(64, generator=gen, dtype=torch.float64) for k in range(8)
+    ]
+    base = [[0.1 * k * (1 + 0.02 * r) for k in range(8)] for r in range(5)]
+    jiio = [0.05 * (1 + 0.03 * r) for r in range(5)]
+    out = equal_strength(base, jiio, curve, ref, higher_is_stronger=True)
+    c = crossing(curve, ref, higher_is_stronger=True)
+    assert (out["step"], out["step_low"], out["step_high"]) == (c["step"], c["step_low"], c["step_high"])
+
+    def geo(k):
+        logs = np.log([base[r][k] / jiio[r] for r in range(5)])
+        half = stats.t.ppf(0.975, 4) * logs.std(ddof=1) / np.sqrt(5)
+        return np.exp(logs.mean()), np.exp(logs.mean() - half), np.exp(logs.mean() + half)
+
+    assert out["ratio"]["ratio"] == pytest.approx(geo(c["step"])[0])
+    assert out["range"] == pytest.approx([geo(c["step_low"])[1], geo(c["step_high"])[2]])
+    assert out["lower_bound"] is None
+    never = equal_strength(base, jiio, [v - 10 for v in curve], ref, higher_is_stronger=True)
+    assert never["step"] is None and never["lower_bound"] == pytest.approx(geo(7)[1])
