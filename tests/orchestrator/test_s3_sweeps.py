@@ -100,6 +100,7 @@ def test_sigkill_and_resume_on_s3(s3_bucket, tmp_path):
         start_new_session=True,
     )
     t0 = time.time()
+
     def mid_way():  # one trial done, another with a checkpoint and no row yet
         done = set(store.keys("trials", name))
         return done and set(store.keys("checkpoints", name)) - done
