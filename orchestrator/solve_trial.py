@@ -32,7 +32,17 @@ from orchestrator.tasks.registry import make_trainer
 if TYPE_CHECKING:
     from orchestrator.trial_meta import SweepMeta
 
-__all__ = ["ensure_checkpoint", "load_bytes", "pareto_front", "run_solve"]
+__all__ = ["ensure_checkpoint", "file_exists", "load_bytes", "pareto_front", "run_solve"]
+
+
+def file_exists(path: str) -> bool:
+    """Whether a local path or an ``s3://`` / ``gs://`` URI names an existing file."""
+    import pyarrow.fs as pafs
+
+    if "://" not in path:
+        return os.path.isfile(path)
+    fs, p = pafs.FileSystem.from_uri(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
 
 
 def load_bytes(path: str) -> bytes:

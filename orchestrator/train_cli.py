@@ -19,6 +19,7 @@ with the same settings (a changed setting is refused, naming it).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -51,7 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="any TaskConfig / JIIOConfig field, e.g. --set pgd_steps=10 --set alpha_x=0.3 (repeatable)",
     )
-    p.add_argument("--out", required=True, help="checkpoint path (.pt), written after every epoch")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="checkpoint path (.pt) or s3:// / gs:// URI, written after every epoch",
+    )
     p.add_argument("--resume", action="store_true", help="continue the training saved in --out")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -89,22 +94,46 @@ def _config(args: argparse.Namespace) -> Any:
     return TaskConfig.from_flat(flat)
 
 
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
 def save_checkpoint(state: dict[str, Any], path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it."""
+    """Write ``torch.save(state)`` to ``path`` so that a crash leaves the old checkpoint or the
+    new one, never a torn one. Object storage (``s3://``, ``gs://``): one PUT
+    (:meth:`ResultStore.put`). Local: ``path.tmp-<pid>`` beside it, fsync'ed, renamed over
+    ``path``, the directory fsync'ed; the pid lets a later run remove the file of a run
+    killed mid-write (:func:`_clean_stale`) without touching a live run's."""
     import torch
 
+    if _remote(path):
+        from orchestrator.results import ResultStore
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        parent, name = path.rstrip("/").rsplit("/", 1)
+        store = ResultStore(parent)
+        store.put(f"{store.base}/{name}", buf.getvalue())
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as fh:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _clean_stale(path: str) -> None:
     """Remove ``path.tmp-<pid>`` files of runs that died while saving (their pid is gone)."""
     import glob
 
+    if _remote(path):
+        return  # a PUT leaves no temporary object
     for tmp in glob.glob(f"{glob.escape(path)}.tmp-*"):
         try:
             pid = int(tmp.rsplit("-", 1)[1])
@@ -120,8 +149,10 @@ def _clean_stale(path: str) -> None:
 def _read_checkpoint(path: str) -> dict[str, Any]:
     import torch
 
+    from orchestrator.solve_trial import load_bytes
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(load_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling, zip, EOF: all mean "not a checkpoint"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"--resume: cannot read {path} as a checkpoint: {first}") from None
@@ -163,14 +194,22 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.tasks.registry import make_trainer
 
     cfg = _config(args)  # ValueError: bad input, one line
-    parent = os.path.dirname(os.path.abspath(args.out))
+    if not _remote(args.out):
+        parent = os.path.dirname(os.path.abspath(args.out))
+        try:
+            os.makedirs(parent, exist_ok=True)  # models/ on a fresh checkout
+        except OSError as err:
+            raise ValueError(f"--out {args.out}: cannot create directory {parent}: {err.strerror}") from None
+    from orchestrator.solve_trial import file_exists
+
     try:
-        os.makedirs(parent, exist_ok=True)  # models/ on a fresh checkout
-    except OSError as err:
-        raise ValueError(f"--out {args.out}: cannot create directory {parent}: {err.strerror}") from None
-    if os.path.exists(args.out) and not args.resume:
+        exists = file_exists(args.out) if _remote(args.out) else os.path.exists(args.out)
+    except (OSError, ValueError) as err:  # unknown scheme, no credentials, no such bucket
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"--out {args.out}: cannot reach it: {first}") from None
+    if exists and not args.resume:
         raise ValueError(f"--out {args.out} exists: pass --resume to continue it, or another path")
-    if args.resume and not os.path.isfile(args.out):
+    if args.resume and not exists:
         raise ValueError(f"--resume: no checkpoint at {args.out}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import math
 import os
 import platform
@@ -196,10 +197,12 @@ def _load_data(args: argparse.Namespace) -> DatasetSplits:
 
 def _load_checkpoint(path: str, bench: str) -> dict[str, Any]:
     """The modules and flat config of a Trainer checkpoint, checked for ``bench``."""
-    if not os.path.isfile(path):
-        raise BenchInputError(f"checkpoint not found: {path}")
+    from orchestrator.solve_trial import load_bytes
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(load_bytes(path)), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BenchInputError(f"checkpoint not found: {path}") from None
     except Exception as err:  # unpickling, zip or I/O errors: all mean "not a checkpoint"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise BenchInputError(f"cannot read checkpoint {path}: {first}") from None
@@ -276,8 +279,16 @@ def _baseline_deq(args: argparse.Namespace) -> DEQConfig:
 
 def _setup(args: argparse.Namespace, name: str) -> tuple[torch.device, _Log]:
     device = _device(args)
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise BenchInputError(f"checkpoint not found: {args.checkpoint}")
+    if args.checkpoint:
+        from orchestrator.solve_trial import file_exists
+
+        try:
+            found = file_exists(args.checkpoint)
+        except (OSError, ValueError) as err:  # unknown scheme, no credentials, no such bucket
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise BenchInputError(f"cannot reach checkpoint {args.checkpoint}: {first}") from None
+        if not found:
+            raise BenchInputError(f"checkpoint not found: {args.checkpoint}")
     plot = getattr(args, "plot", None)
     if plot:
         parent = os.path.dirname(os.path.abspath(plot))

@@ -432,3 +432,51 @@ def test_killed_while_writing_a_checkpoint_resumes_and_leaves_no_temporary(tmp_p
     assert 1 <= state["epoch"] < 3
     _finish(out, resume=True, note="resume after a kill inside a checkpoint write")
     assert _leftovers(tmp_path) == [], f"the killed run's k.pt.tmp-{killed_pid} is left"
+
+
+# --- object storage (an S3 server on loopback: tests/orchestrator/conftest.py) -------------------
+
+
+def test_train_resume_and_bench_on_object_storage(s3_bucket, capsys):
+    """--out s3://...: the checkpoint is one PUT per epoch; --resume reads it back from the
+    bucket (and refuses a change); bench --checkpoint s3://... takes it; nothing local."""
+    import pyarrow.fs as pafs
+
+    out = f"{s3_bucket}/models/adv.pt"
+    two = [a if a != "1" or TINY[i - 1] != "--epochs" else "2" for i, a in enumerate(TINY)]
+    assert cli.main([*TINY, "--out", out]) == 0
+    fs, key = pafs.FileSystem.from_uri(out)
+    assert fs.get_file_info(key).type == pafs.FileType.File
+    capsys.readouterr()
+    rc = cli.main([*TINY, "--out", out])  # exists, no --resume
+    assert rc == 2 and "exists" in capsys.readouterr().err
+    rc = cli.main([*two, "--out", out, "--resume"])  # epochs changed: refused, named
+    assert rc == 2 and "epochs: 1 -> 2" in capsys.readouterr().err
+    assert cli.main([*TINY, "--out", out, "--resume"]) == 0  # finished: nothing left to do
+    capsys.readouterr()
+    bench = ["bench", "attack", "--checkpoint", out, "--batch", "8", "--samples", "8", "--reps", "1"]
+    small = ["--pgd-steps", "1", "--jiio-iters", "2", "--quiet", "--plot", "", "--json"]
+    assert cli.main([*bench, *small]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"]["source"] == "checkpoint" and result["model"]["path"] == out
+    rc = cli.main(["bench", "attack", "--checkpoint", f"{s3_bucket}/models/missing.pt"])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_on_object_storage_after_the_first_checkpoint_resumes_to_the_end(s3_bucket):
+    """The kill test above with --out s3://... (the subprocess inherits the S3 endpoint)."""
+    from orchestrator.solve_trial import file_exists, load_bytes
+
+    out = f"{s3_bucket}/k.pt"
+
+    def state() -> dict:
+        return torch.load(io.BytesIO(load_bytes(out)), map_location="cpu", weights_only=True)
+
+    proc = _start(out)
+    assert _kill_when(proc, lambda: file_exists(out)), "the run ended before it could be killed"
+    assert 1 <= state()["epoch"] < 3  # one whole PUT, never a torn object
+    proc = _start(out, "--resume")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert (state()["epoch"], state()["global_step"]) == (3, 6)
