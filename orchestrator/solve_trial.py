@@ -32,7 +32,7 @@ from orchestrator.tasks.registry import make_trainer
 if TYPE_CHECKING:
     from orchestrator.trial_meta import SweepMeta
 
-__all__ = ["ensure_checkpoint", "file_exists", "load_bytes", "pareto_front", "run_solve"]
+__all__ = ["ensure_checkpoint", "file_exists", "load_bytes", "pareto_front", "read_checkpoint", "run_solve"]
 
 
 def file_exists(path: str) -> bool:
@@ -59,6 +59,18 @@ def load_bytes(path: str) -> bytes:
         )
     with fs.open_input_stream(p) as f:
         return f.read()
+
+
+def read_checkpoint(path: str) -> Any:
+    """``torch.load`` (CPU, weights only) of a local path or an ``s3://`` / ``gs://`` URI.
+    Raises :class:`FileNotFoundError` when it is missing and :class:`ValueError` (one line)
+    when it cannot be read as a checkpoint (unpickling, zip or EOF errors)."""
+    data = load_bytes(path)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # every failure here means "not a checkpoint"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
 
 
 def ensure_checkpoint(
@@ -149,7 +161,7 @@ def run_solve(
     """
     if meta.checkpoint is None:
         raise ValueError("a solve sweep needs a checkpoint (SweepMeta.checkpoint)")
-    state = torch.load(io.BytesIO(load_bytes(meta.checkpoint)), map_location="cpu", weights_only=True)
+    state = read_checkpoint(meta.checkpoint)
     model_keys = ("task", "model_size", "latent_dim", "supervised", "noise_sigma", "eps")
     # Whatever the checkpoint was trained by, the solve sweep runs the task's JIIO inner solve.
     cfg = task_cfg.replace(mode="jiio", **{k: state["config"][k] for k in model_keys if k in state["config"]})

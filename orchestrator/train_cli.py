@@ -147,15 +147,12 @@ def _clean_stale(path: str) -> None:
 
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
-    import torch
-
-    from orchestrator.solve_trial import load_bytes
+    from orchestrator.solve_trial import read_checkpoint
 
     try:
-        state = torch.load(io.BytesIO(load_bytes(path)), map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling, zip, EOF: all mean "not a checkpoint"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"--resume: cannot read {path} as a checkpoint: {first}") from None
+        state = read_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"--resume: {err}") from None
     if not isinstance(state, dict) or not isinstance(state.get("modules"), dict) or "config" not in state:
         raise ValueError(f"--resume: {path} is not a jiio train checkpoint (no 'modules' and 'config')")
     return state

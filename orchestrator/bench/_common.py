@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import math
 import os
 import platform
@@ -197,15 +196,14 @@ def _load_data(args: argparse.Namespace) -> DatasetSplits:
 
 def _load_checkpoint(path: str, bench: str) -> dict[str, Any]:
     """The modules and flat config of a Trainer checkpoint, checked for ``bench``."""
-    from orchestrator.solve_trial import load_bytes
+    from orchestrator.solve_trial import read_checkpoint
 
     try:
-        state = torch.load(io.BytesIO(load_bytes(path)), map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
     except FileNotFoundError:
         raise BenchInputError(f"checkpoint not found: {path}") from None
-    except Exception as err:  # unpickling, zip or I/O errors: all mean "not a checkpoint"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise BenchInputError(f"cannot read checkpoint {path}: {first}") from None
+    except ValueError as err:
+        raise BenchInputError(str(err)) from None
     modules = state.get("modules") if isinstance(state, dict) else None
     if not isinstance(modules, dict) or not {"cell", "head"} <= set(modules):
         raise BenchInputError(
