@@ -17,6 +17,7 @@ on the same batch form a pair. Three kinds of uncertainty are reported:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,8 +170,6 @@ def equal_strength(
 def timing_row(method: str, steps: int, label: str, times: list[float], loss: Tensor) -> dict[str, Any]:
     """A bench table row: median time per batch over the runs, and the mean per-sample
     ``loss`` (cross-entropy or reconstruction loss) with its interval."""
-    import statistics
-
     m = mean_interval(loss)
     return {
         "method": method,
