@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.results import ResultStore
-from orchestrator.trial_meta import provenance
+from orchestrator.trial_meta import PLACEMENT_KEYS, PROVENANCE_KEYS, provenance
 
 __all__ = [
     "ERROR_ROUNDS",
@@ -171,11 +171,10 @@ def driver_row(
 ) -> dict[str, Any]:
     """A trials row written by the driver (pruned, error), updating the trial's record."""
     record = store.record(cfg.name, trial_id) or {"params": params, "trial_id": trial_id}
-    prov = {
-        k: record[k] for k in ("torch_version", "ray_version", "git_sha", "device", "host") if k in record
-    }
-    if len(prov) < 5:
+    prov = {k: record[k] for k in PROVENANCE_KEYS if k in record}
+    if len(prov) < len(PROVENANCE_KEYS):
         prov = {**provenance(cuda=False), **prov}  # never started on a worker: the driver's
+    prov.update({k: record.get(k) for k in PLACEMENT_KEYS})  # where it ran (None: never started)
     errors = list(record.get("errors", []))
     if error is not None:
         errors.append(

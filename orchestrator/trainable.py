@@ -33,6 +33,7 @@ from orchestrator.trial_meta import (
     derived_metrics,
     make_trial_id,
     objective_values,
+    placement,
     provenance,
     versions,
     worst_value,
@@ -66,6 +67,16 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     store = ResultStore(meta.storage)
     t0, started_at = time.perf_counter(), time.time()
     gpu = torch.cuda.is_available() and meta.extra.get("gpus_per_trial", 0) > 0
+    workers = int(meta.extra.get("workers_per_trial", 1))
+    where = (  # a data-parallel trial is a driver: its Ray Train workers hold the resources
+        placement(
+            gpu,
+            float(meta.extra.get("cpus_per_trial", 1)) * workers,
+            float(meta.extra.get("gpus_per_trial", 0)),
+        )
+        if workers > 1
+        else placement(gpu)
+    )
     record = store.record(meta.name, trial_id) or {}
     before = float(record.get("wall_s") or 0.0)  # time of earlier attempts, up to their last checkpoint
     record.update(
@@ -76,6 +87,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         first_started_at=record.get("first_started_at", started_at),
         started_at=started_at,
         **provenance(gpu),
+        **where,
     )
     record.setdefault("wall_s", before)
     assert_driver(store, meta.name, meta.extra.get("driver_token"))
@@ -123,6 +135,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         "error": None,
         "error_history": json.dumps(record.get("errors", [])) if record.get("errors") else None,
         **provenance(gpu),
+        **where,
     }
     assert_driver(store, meta.name, meta.extra.get("driver_token"))  # an orphan writes no row
     store.write("trials", meta.name, trial_id, [row])

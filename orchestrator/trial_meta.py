@@ -25,7 +25,10 @@ __all__ = [
     "derived_metrics",
     "device_name",
     "make_trial_id",
+    "PLACEMENT_KEYS",
+    "PROVENANCE_KEYS",
     "objective_values",
+    "placement",
     "provenance",
     "versions",
     "worst_value",
@@ -142,6 +145,52 @@ def device_name(cuda: bool | None = None) -> str:
     if (torch.cuda.is_available() if cuda is None else cuda) and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine() or "cpu"
+
+
+PROVENANCE_KEYS = ("torch_version", "ray_version", "git_sha", "device", "host")
+PLACEMENT_KEYS = ("held_cpus", "held_gpus", "node_type", "node_id", "cuda_device")
+
+
+def placement(
+    cuda: bool, cpus: float | None = None, gpus: float | None = None
+) -> dict[str, float | str | None]:
+    """Where a trial ran and what it held, for its row: the CPUs and GPU share Ray assigned
+    it (``cpus``/``gpus`` override them, e.g. a data-parallel trial whose Ray Train
+    workers hold the resources), the cluster's node type (``RAY_NODE_TYPE_NAME``, set by
+    the autoscaler on the nodes it starts; ``head`` or None on a hand-started node), the
+    Ray node id, and the CUDA device's name, or ``"cpu"`` when the trial used none.
+
+    Outside a Ray task or actor the Ray fields are None.
+
+    Example:
+        >>> placement(cuda=False)["cuda_device"]
+        'cpu'
+    """
+    import torch
+
+    held: dict[str, float] = {}
+    node_id = None
+    labels: dict[str, str] = {}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            if ctx.worker.mode == ray.WORKER_MODE:  # a task or actor, not the driver
+                held = {k: float(v) for k, v in ctx.get_assigned_resources().items()}
+                node_id = ctx.get_node_id()
+                labels = dict(ctx.get_node_labels() or {})
+    except Exception:  # provenance never fails a trial
+        pass
+    node_type = os.environ.get("RAY_NODE_TYPE_NAME") or labels.get("ray.io/node-group") or None
+    in_ray = node_id is not None
+    return {
+        "held_cpus": cpus if cpus is not None else (held.get("CPU", 0.0) if in_ray else None),
+        "held_gpus": gpus if gpus is not None else (held.get("GPU", 0.0) if in_ray else None),
+        "node_type": node_type,
+        "node_id": node_id,
+        "cuda_device": torch.cuda.get_device_name(torch.cuda.current_device()) if cuda else "cpu",
+    }
 
 
 def provenance(cuda: bool | None = None) -> dict[str, str]:

@@ -58,6 +58,8 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
     # (alpha_x_switch_iter None), which follows the searched max_iter.
     if args.smoke:
         out.update(epochs=1, max_steps_per_epoch=3, eval_batches=1, batch_size=16)
+    if args.epochs is not None:  # a flag wins over --smoke, as in sweeps/alpha.py
+        out["epochs"] = args.epochs
     return out
 
 

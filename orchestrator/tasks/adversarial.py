@@ -124,16 +124,38 @@ class AdversarialTrainer(Trainer):
         z, _ = self.deq(x)
         return self.head(z)
 
-    def attack_pgd(self, x: Tensor, y: Tensor) -> Tensor:
-        """L2 PGD examples (``config.pgd_steps`` steps of ``pgd_step_size``), parameters frozen."""
+    def attack_pgd(self, x: Tensor, y: Tensor, steps: int | None = None) -> Tensor:
+        """L2 PGD examples (``steps``, default ``config.pgd_steps``, of ``pgd_step_size``),
+        parameters frozen."""
         cfg = self.config
         with _frozen(self.modules.values()):
             x_adv, _ = pgd_attack(
-                self.logits, x, y, eps=cfg.eps, step_size=cfg.pgd_step_size, steps=cfg.pgd_steps
+                self.logits, x, y, eps=cfg.eps, step_size=cfg.pgd_step_size, steps=steps or cfg.pgd_steps
             )
         return x_adv
 
-    def attack_jiio(self, x: Tensor, y: Tensor) -> JIIOResult:
+    def eval_attack(self) -> str:
+        """The evaluation's attack budget in words, the column ``eval_attack`` beside every
+        robust accuracy (a robust accuracy means nothing without the attack behind it).
+
+        Example:
+            >>> from orchestrator.tasks import TaskConfig
+            >>> cfg = TaskConfig(eval_pgd_steps=10, pgd_step_size=0.5, eps=1.0)
+            >>> AdversarialTrainer.describe_attack(cfg)
+            'L2 eps 1: PGD-10 (step 0.5, DEQ anderson fwd<=30 bwd<=20), JIIO-80'
+        """
+        return self.describe_attack(self.config)
+
+    @staticmethod
+    def describe_attack(cfg: TaskConfig) -> str:
+        pgd = cfg.eval_pgd_steps or cfg.pgd_steps
+        jiio = cfg.eval_jiio_max_iter or cfg.jiio.max_iter
+        return (
+            f"L2 eps {cfg.eps:g}: PGD-{pgd} (step {cfg.pgd_step_size:g}, DEQ {cfg.deq_solver} "
+            f"fwd<={cfg.deq_max_iter} bwd<={cfg.deq_backward_max_iter}), JIIO-{jiio}"
+        )
+
+    def attack_jiio(self, x: Tensor, y: Tensor, max_iter: int | None = None) -> JIIOResult:
         """JIIO examples: minimise ``-CE(head(z*(x')), y)`` over the eps-ball, jointly with ``z*``.
 
         Under grad mode ``res.z`` carries the implicit gradient to the parameters; with
@@ -145,7 +167,8 @@ class AdversarialTrainer(Trainer):
         def inner(z: Tensor) -> Tensor:
             return -F.cross_entropy(head(z), y, reduction="none")
 
-        return jiio_solve(self.cell, inner, x, config=self.config.jiio, project=l2_ball(x, self.config.eps))
+        config = self.config.jiio if max_iter is None else self.config.jiio.replace(max_iter=max_iter)
+        return jiio_solve(self.cell, inner, x, config=config, project=l2_ball(x, self.config.eps))
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
@@ -236,11 +259,11 @@ class AdversarialTrainer(Trainer):
                 with torch.no_grad():
                     clean += _correct(self.logits(x), y)
                 t = self._clock()
-                x_pgd = self.attack_pgd(x, y)
+                x_pgd = self.attack_pgd(x, y, self.config.eval_pgd_steps)
                 pgd_s += self._clock() - t
                 t = self._clock()
                 with torch.no_grad():
-                    res = self.attack_jiio(x, y)
+                    res = self.attack_jiio(x, y, self.config.eval_jiio_max_iter)
                 jiio_s += self._clock() - t
                 with torch.no_grad():
                     out = self.logits(x_pgd)
@@ -261,6 +284,7 @@ class AdversarialTrainer(Trainer):
             "pgd_attack_s": pgd_s,
             "jiio_attack_s": jiio_s,
             "jiio_attack_diverged": diverged / m,
+            "eval_attack": self.eval_attack(),
         }
 
 

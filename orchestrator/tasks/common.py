@@ -102,6 +102,10 @@ class TaskConfig:
     noise_sigma: float = 0.2
     supervised: bool = False
     eval_batches: int | None = 4
+    # The evaluation's attack budget (None: the training attack's, pgd_steps / jiio.max_iter);
+    # stated beside every robust accuracy as ``eval_attack``.
+    eval_pgd_steps: int | None = None
+    eval_jiio_max_iter: int | None = None
     diverged_patience: int = 3
     trace_every: int = 0
     device: str = "cpu"
@@ -129,7 +133,7 @@ class TaskConfig:
         ):
             v = getattr(self, name)
             _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "an integer >= 1", v)
-        for name in ("max_steps_per_epoch", "eval_batches"):
+        for name in ("max_steps_per_epoch", "eval_batches", "eval_pgd_steps", "eval_jiio_max_iter"):
             v = getattr(self, name)
             _need(v is None or (isinstance(v, int) and v >= 1), name, "None or an integer >= 1", v)
         for name in ("lr", "pgd_step_size", "adam_lr", "deq_tol"):

@@ -93,8 +93,8 @@ class Recording(AdversarialTrainer):
 
     mark: list[int] = []  # noqa: RUF012 (set per test on the instance)
 
-    def attack_jiio(self, x: torch.Tensor, y: torch.Tensor) -> JIIOResult:
-        res = super().attack_jiio(x, y)
+    def attack_jiio(self, x: torch.Tensor, y: torch.Tensor, max_iter: int | None = None) -> JIIOResult:
+        res = super().attack_jiio(x, y, max_iter)
         if self.mark:
             res.diverged = res.diverged.clone()
             res.diverged[self.mark] = True
@@ -398,3 +398,22 @@ def test_adversarial_training_buys_robustness():
     for mode in ("pgd", "jiio"):
         assert min(table[mode]["pgd"], table[mode]["jiio"]) > undefended + 0.25, table
         assert table[mode]["clean"] > 0.75, table
+
+
+def test_the_evaluation_attack_budget_is_a_stated_setting_reported_with_robust_accuracy(data):
+    """``eval_pgd_steps`` / ``eval_jiio_max_iter`` set the evaluation's attacks (default: the
+    training attack's) and ``eval_attack`` states them beside the accuracies; a weaker
+    evaluation attack can only leave as many or more samples correct."""
+    base = dict(mode="clean", epochs=1, max_steps_per_epoch=1, eval_batches=1, batch_size=32)
+    strong = AdversarialTrainer(TaskConfig(**base, pgd_steps=6), data)
+    weak = AdversarialTrainer(TaskConfig(**base, pgd_steps=6, eval_pgd_steps=1, eval_jiio_max_iter=1), data)
+    weak.load_state_dict(strong.state_dict())
+    for t in (strong, weak):
+        t.deq.eval()
+    m_strong, m_weak = strong.evaluate(), weak.evaluate()
+    assert m_strong["eval_attack"].startswith("L2 eps 1: PGD-6 ")
+    assert "JIIO-" + str(TaskConfig().jiio.max_iter) in m_strong["eval_attack"]
+    assert "PGD-1 " in m_weak["eval_attack"] and m_weak["eval_attack"].endswith("JIIO-1")
+    assert m_weak["pgd_loss"] < m_strong["pgd_loss"]  # one step from the clean input moves the loss less
+    with pytest.raises(ValueError, match="eval_pgd_steps"):
+        TaskConfig(eval_pgd_steps=0)
