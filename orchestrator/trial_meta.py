@@ -21,12 +21,12 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = [
+    "PLACEMENT_KEYS",
+    "PROVENANCE_KEYS",
     "SweepMeta",
     "derived_metrics",
     "device_name",
     "make_trial_id",
-    "PLACEMENT_KEYS",
-    "PROVENANCE_KEYS",
     "objective_values",
     "placement",
     "provenance",
