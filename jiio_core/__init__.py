@@ -22,6 +22,7 @@ from .jiio import JIIOResult, jiio_solve, l2_ball
 from .models import ClassifierHead, ImageHead, MDEQCell, MDEQConfig, count_parameters
 from .presets import PRESETS, Preset, preset
 from .solvers import SolverResult, anderson, batch_norm, broyden, fixed_point, solve
+from .warm_baselines import WarmGrad, WarmStats, adam_latent_warm, pgd_attack_warm, warm_input_grad
 
 __all__ = [
     "DEQ",
@@ -39,7 +40,10 @@ __all__ = [
     "MDEQConfig",
     "Preset",
     "SolverResult",
+    "WarmGrad",
+    "WarmStats",
     "adam_latent",
+    "adam_latent_warm",
     "anderson",
     "attach_implicit_grad",
     "batch_norm",
@@ -49,6 +53,8 @@ __all__ = [
     "jiio_solve",
     "l2_ball",
     "pgd_attack",
+    "pgd_attack_warm",
     "preset",
     "solve",
+    "warm_input_grad",
 ]
