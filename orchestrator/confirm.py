@@ -1,11 +1,21 @@
 """``jiio confirm``: re-run a sweep's best configurations and the paper's with several seeds.
 
-A sweep ranks its trials by one evaluation each; the best of many noisy trials is biased
-upwards (the winner's curse). Confirmation re-runs the top ``K`` completed configurations
-and the paper's configuration with ``S`` new seeds each, as a follow-up sweep
-``NAME-confirm`` in the same storage (its own rows, resumable like any sweep: the seed is
-its one searched dimension, every point is enqueued), then reports per configuration the
-mean, the standard deviation and the range over seeds.
+A sweep ranks its trials by one evaluation each, with one training seed; the best of many
+noisy trials is biased upwards (the winner's curse), and its intervals cover evaluation
+noise only. Confirmation re-runs the top ``K`` completed configurations and the paper's
+configuration (added when it is not among them: every verdict is paired against it) with
+``S`` new seeds each, as a follow-up sweep ``NAME-confirm`` in the same storage (its own
+rows, resumable like any sweep: the seed is its one searched dimension, every point is
+enqueued; ``meta/sweep=NAME-confirm/confirm.json`` names the sweep it confirms). Then it
+reports per configuration (:func:`summarize`, a pure function of the two sweeps' rows):
+its trial id in the sweep and its labels (paper, the sweep's best, its rank), its mean
+over the new seeds with a 95% t interval over seeds, the difference against the paper's
+configuration paired by seed with its interval and a verdict ("beats the paper's
+settings", "cannot be told apart", "worse than the paper's settings"), the variance
+components (training noise between seeds, evaluation noise within one) and the selection
+optimism (the sweep's value minus the confirmed mean, with its interval). The same as JSON
+with ``--json``, and in the confirm sweep's HTML report
+(``<storage>/analysis/NAME-confirm/``). ``docs/statistics.md`` says what the intervals mean.
 
     jiio confirm results --name alpha-adversarial-digits --top 3 --seeds 3
 """
@@ -13,17 +23,21 @@ mean, the standard deviation and the range over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 from typing import Any
 
 import pandas as pd
 
+from orchestrator.analysis.report import confirm_text
+from orchestrator.analysis.seeds import confirm_summary
 from orchestrator.results import ResultStore
 from orchestrator.search import Dim
 from orchestrator.sweep import SweepConfig, run_sweep
 
-__all__ = ["add_arguments", "plan_confirm", "run", "summarize"]
+__all__ = ["add_arguments", "plan_confirm", "report", "run", "summarize"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted confirmation")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--address", default=None, help="Ray address (default: a running cluster, else local)")
+    p.add_argument("--json", action="store_true", help="print the confirmation as JSON")
+    p.add_argument("--out", default=None, help="where the HTML report goes (default: beside the results)")
+    p.add_argument("--no-report", action="store_true", help="write no HTML report")
 
 
 def _dims(space: dict[str, Any]) -> dict[str, Dim]:
@@ -70,17 +87,51 @@ def plan_confirm(
     return meta, [{**c, "seed": s} for c in configs for s in new_seeds]
 
 
-def summarize(store: ResultStore, name: str, metric: str, searched: list[str]) -> pd.DataFrame:
-    """Mean, standard deviation, range and number of seeds per configuration."""
-    t = store.read("trials", name)
-    if not len(t):
-        return pd.DataFrame()
-    ok = t[t["status"] == "completed"]
-    groups = ok.groupby(searched, dropna=False)[metric]
-    out = groups.agg(["mean", "std", "min", "max", "count"]).reset_index()
-    failed = t[t["status"] != "completed"].groupby(searched, dropna=False).size().rename("not_completed")
-    out = out.merge(failed.reset_index(), on=searched, how="left").fillna({"not_completed": 0})
-    return out.sort_values("mean", ascending=False).reset_index(drop=True)
+def summarize(
+    parent_meta: dict[str, Any],
+    parent_trials: pd.DataFrame,
+    confirm_trials: pd.DataFrame,
+    confirm_steps: pd.DataFrame | None = None,
+    confirm_meta: dict[str, Any] | None = None,
+    top: int | None = None,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The confirmation from the two sweeps' rows (trials; the confirm sweep's step rows for
+    per-sample values): see :func:`orchestrator.analysis.seeds.confirm_summary`. Pure: no
+    storage, no Ray."""
+    return confirm_summary(
+        parent_meta, parent_trials, confirm_trials, confirm_steps, confirm_meta, top, level
+    )
+
+
+def report(path: str, name: str, as_json: bool = False, out: str | None = None, html: bool = True) -> int:
+    """Print the confirmation of sweep ``name`` (the rows of ``name`` and ``name-confirm``
+    under ``path``) and write its HTML report; returns 0, or 1 when nothing is confirmed yet."""
+    from orchestrator.analysis.command import open_source, out_dir
+    from orchestrator.analysis.report import write_html
+    from orchestrator.analysis.summary import summarize as summarize_sweep
+
+    src = open_source(path)
+    sweep = f"{name}-confirm"
+    s = summarize_sweep(src, sweep)
+    c = s.get("confirm")
+    if not c or not c.get("configs"):
+        why = "; ".join(s.get("notes", [])) or "no trial row yet"
+        print(f"nothing confirmed yet in sweep {sweep}: {why}", file=sys.stderr)
+        return 1
+    if html:
+        target = os.path.join(out_dir(src, sweep, out), f"{sweep}-report.html")
+        try:
+            c["report"] = s["report"] = write_html(s, target, path)
+        except OSError as exc:
+            c["notes"].append(f"could not write the report {target} ({exc}); pass --out DIR")
+    if as_json:
+        print(json.dumps(_plain(c), default=str))
+    else:
+        print(confirm_text(c))
+        if c.get("report"):
+            print(f"report: {c['report']}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,17 +159,35 @@ def run(args: argparse.Namespace) -> int:
             f"jiio confirm {args.path} --name {args.name} --top {args.top} --seeds {args.seeds} --resume"
         ),
     )
-    print(
-        f"confirming {len(points) // args.seeds} configurations of {args.name} with {args.seeds} seeds each "
-        f"as sweep {cfg.name}"
-    )
-    outcome = run_sweep(cfg)
+    n = len(points) // args.seeds
+    trials = store.read("trials", args.name)
     metric = meta["metrics"][0]
-    table = summarize(store, cfg.name, metric, list(meta["space"]))
-    if len(table):
-        print(f"\n{metric} over seeds (mean, std, min, max, completed seeds):")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return 1 if outcome.interrupted or not len(table) else 0
+    done = (trials["status"] == "completed") & trials[metric].notna() if metric in trials else []
+    best = min(args.top, int(sum(done)))
+    print(
+        f"confirming {n} configurations of {args.name} with {args.seeds} seeds each as sweep {cfg.name}"
+        + (
+            f": the top {best} and the paper's, added as the reference every verdict is paired against"
+            if n > best
+            else ""
+        )
+    )
+    if args.resume or not store.meta(cfg.name):
+        side = {"parent": args.name, "top": args.top, "seeds": args.seeds}
+        store.put(f"{store.base}/meta/sweep={cfg.name}/confirm.json", json.dumps(side).encode())
+    outcome = run_sweep(cfg)
+    print()
+    code = report(args.path, args.name, args.json, args.out, not args.no_report)
+    return 1 if outcome.interrupted or code else 0
+
+
+def _plain(v: Any) -> Any:
+    """JSON-ready: non-finite floats as null, numpy scalars as Python ones."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return _native(v)
 
 
 def _native(v: Any) -> Any:

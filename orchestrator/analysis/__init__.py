@@ -5,8 +5,11 @@
   DuckDB views over ``pyarrow.dataset`` for ``--sql``;
 - :mod:`~orchestrator.analysis.summary`: state, counts and time by status, best and paper
   configurations with 95% intervals, and whether the best really beats the paper's;
+- :mod:`~orchestrator.analysis.seeds`: configurations with several seeds (a ``jiio
+  confirm`` sweep): intervals over seeds, variance components, verdicts against the
+  paper's configuration paired by seed, selection optimism;
 - :mod:`~orchestrator.analysis.importance`: parameter importance (objective, divergence)
-  and the divergence grid;
+  with bootstrap intervals over trials, and the divergence grid;
 - :mod:`~orchestrator.analysis.plots`, :mod:`~orchestrator.analysis.traces`: the PNGs;
 - :mod:`~orchestrator.analysis.report`: console text and the self-contained HTML report;
 - :mod:`~orchestrator.analysis.command`: ``run``, ``sql``, ``compare``.

@@ -160,8 +160,10 @@ class Source:
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read().decode())
 
-    def meta(self, sweep: str) -> Any:
-        return self._json(f"{self.base}/meta/sweep={sweep}/sweep.json")
+    def meta(self, sweep: str, name: str = "sweep.json") -> Any:
+        """``meta/sweep=SWEEP/NAME`` (default the sweep's metadata; ``confirm.json``: what
+        ``jiio confirm`` confirmed), None when absent; ValueError/OSError when unreadable."""
+        return self._json(f"{self.base}/meta/sweep={sweep}/{name}")
 
     def records(self, sweep: str, trial_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Trial records (``pending/``) of the given trials (default: all), by id; unreadable

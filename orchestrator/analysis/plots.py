@@ -237,11 +237,20 @@ def _importance(summary, sweep, out_dir) -> str | None:
     axes = np.atleast_1d(axes)
     for ax, (what, vals) in zip(axes, panels, strict=True):
         names = list(vals)[::-1]
-        ax.barh(names, [vals[n] for n in names], color="tab:red" if what == "divergence" else "tab:blue")
+        ci = imp.get(f"{what}_ci") or {}
+        err = None
+        if all(n in ci for n in names):  # 95% bootstrap intervals over trials
+            err = np.array(
+                [[max(0.0, vals[n] - ci[n][0]) for n in names], [max(0.0, ci[n][1] - vals[n]) for n in names]]
+            )
+        color = "tab:red" if what == "divergence" else "tab:blue"
+        ax.barh(names, [vals[n] for n in names], color=color, xerr=err, capsize=3)
         ax.set_xlim(0, 1)
         label = summary["metrics"][0] if what == "objective" and summary.get("metrics") else what
         ax.set_title(f"importance for {label}", fontsize=9)
-        ax.set_xlabel("PED-ANOVA importance (sums to 1)")
+        ax.set_xlabel(
+            "PED-ANOVA importance (sums to 1)" + ("; 95% bootstrap intervals" if err is not None else "")
+        )
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-importance.png")
 

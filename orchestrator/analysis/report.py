@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-__all__ = ["fmt", "summary_text", "write_html"]
+__all__ = ["confirm_text", "fmt", "seed_lines", "seed_rows", "summary_text", "write_html"]
 
 
 def fmt(v: Any, width: int = 14) -> str:
@@ -58,6 +58,157 @@ def table_rows(s: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[list[str]
     return cols, cells
 
 
+def _iv(ci: Any, digits: int = 4) -> str:
+    if ci and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
+        return f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"
+    return "-"
+
+
+def _signed(v: Any) -> Any:
+    return f"{v:+.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def seed_rows(sec: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and cells of the table of configurations over seeds (a ``seeds`` or
+    ``confirm`` section): trial id, labels, seeds, mean with its interval over seeds, the
+    difference against the paper's configuration paired by seed with its interval, the
+    verdict, and for a confirmation the sweep's own value and the selection optimism."""
+    m = sec.get("metric", "value")
+    rows = sec.get("configs", [])
+    confirm = any("sweep_value" in r for r in rows)
+    cols = [
+        "trial",
+        "label",
+        "seeds",
+        f"{m} mean",
+        "95% CI over seeds",
+        "vs paper",
+        "95% CI (paired)",
+        "verdict",
+    ]
+    if confirm:
+        cols += ["in the sweep", "optimism", "its 95% CI"]
+    cells = []
+    for r in rows:
+        vs = r.get("vs_paper") or {}
+        seeds = f"{r.get('seeds')}" + (f" (+{r['not_completed']} failed)" if r.get("not_completed") else "")
+        line = [
+            r.get("trial_id") or ",".join(r.get("trial_ids", [])[:1]) or "-",
+            ", ".join(r.get("labels") or []) or "-",
+            seeds,
+            r.get("mean"),
+            _iv(r.get("ci")),
+            _signed(vs.get("difference")) or "-",
+            _iv(vs.get("ci")),
+            r.get("verdict") or "-",
+        ]
+        if confirm:
+            opt = r.get("optimism") or {}
+            line += [r.get("sweep_value"), _signed(opt.get("value")) or "-", _iv(opt.get("ci"), 3)]
+        cells.append(line)
+    return cols, cells
+
+
+def _grid(cols: list[str], cells: list[list[Any]]) -> list[str]:
+    """A left-aligned text table, each column as wide as its widest cell."""
+    text = [
+        [f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in row] for row in cells
+    ]
+    widths = [max([len(c)] + [len(row[i]) for row in text]) for i, c in enumerate(cols)]
+    out = ["  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    out += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in text]
+    return out
+
+
+def _component_lines(sec: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in sec.get("configs", []):
+        c = r.get("components")
+        if not c:
+            continue
+        name = r.get("trial_id") or ", ".join(r.get("labels") or []) or "configuration"
+        upper = "; at most: every seed scored the same samples" if c.get("shared_samples") else ""
+        lines.append(
+            f"  {name}: between seeds {c['between']:.3g} (sd {c['sd_training']:.3g}, training noise); "
+            f"within a seed {c['within']:.3g} per sample, {c['evaluation']:.3g} for one seed's "
+            f"{c['n']:.0f} samples (sd {c['sd_evaluation']:.3g}, evaluation noise{upper})"
+        )
+    if lines:
+        lines.insert(0, f"variance components of {sec.get('metric')} (one-way random-effects ANOVA):")
+    return lines
+
+
+def _optimism_lines(sec: dict[str, Any]) -> list[str]:
+    rows = [r for r in sec.get("configs", []) if (r.get("optimism") or {}).get("ci")]
+    if not rows:
+        return []
+    lines = [
+        "selection optimism: the sweep's value minus the mean over the new seeds (positive: the sweep's "
+        "looked better; 95% interval of one more seed against that mean):"
+    ]
+    for r in rows:
+        o = r["optimism"]
+        name = r.get("trial_id") or "-"
+        text = f"  {name} ({', '.join(r.get('labels') or [])}): {o['value']:+.4g} {_iv(o['ci'])}"
+        rel = r.get("optimism_vs_paper")
+        if rel:
+            text += f"; beyond the paper's (not selected by the sweep) {rel['value']:+.4g} {_iv(rel['ci'])}"
+        lines.append(text)
+    return lines
+
+
+def seed_lines(sec: dict[str, Any]) -> list[str]:
+    """A ``seeds`` or ``confirm`` section in words: the table, one verdict line per
+    configuration, the variance components and (confirmation) the selection optimism."""
+    m = sec.get("metric")
+    head = (
+        f"confirmation of {sec['sweep']} ({sec.get('confirm_sweep', '')}): {sec.get('why')}; "
+        f"seeds {', '.join(sec.get('seeds', []))}"
+        if "why" in sec and sec.get("sweep")
+        else (f"confirmation: {sec['why']}" if "why" in sec else f"{m} over seeds, per configuration")
+    )
+    lines = [
+        head,
+        f"{m}: mean over seeds with its 95% t interval; differences paired by seed, against the paper's",
+    ]
+    cols, cells = seed_rows(sec)
+    lines += _grid(cols, cells)
+    for r in sec.get("configs", []):
+        if r.get("vs_paper"):
+            lines.append(f"{r.get('trial_id') or '-'}: {r['vs_paper']['text']}")
+    lines += _component_lines(sec)
+    lines += _optimism_lines(sec)
+    lines += [f"note: {n}" for n in sec.get("notes", [])]
+    return lines
+
+
+def confirm_text(c: dict[str, Any]) -> str:
+    """What ``jiio confirm`` prints: the confirmation section in words."""
+    return "\n".join(seed_lines(c))
+
+
+def _importance_lines(s: dict[str, Any]) -> list[str]:
+    imp = s.get("importance") or {}
+    lines = []
+    for what in ("objective", "divergence"):
+        vals = imp.get(what)
+        if not vals:
+            continue
+        label = s["metrics"][0] if what == "objective" and s.get("metrics") else what
+        ci, first = imp.get(f"{what}_ci") or {}, imp.get(f"{what}_first") or {}
+        parts = [f"{k} {v:.2f}" + (f" {_iv(ci[k], 2)}" if k in ci else "") for k, v in vals.items()]
+        line = f"importance for {label}: " + ", ".join(parts)
+        if ci:
+            top = next(iter(vals))
+            line += (
+                f" (95% bootstrap intervals over trials; {top} first in "
+                f"{100 * first.get(top, 0):.0f}% of {imp.get(f'{what}_resamples')} resamples)"
+            )
+        lines.append(line)
+    lines += [f"note: {n}" for n in imp.get("notes", []) if "not shown" in n]
+    return lines
+
+
 def _header(s: dict[str, Any]) -> str:
     status = ", ".join(f"{k} {v}" for k, v in sorted(s["status"].items()))
     line = (
@@ -97,17 +248,16 @@ def summary_text(s: dict[str, Any]) -> str:
         cols = list(s["pareto"][0])
         lines += ["", "pareto front:", "  " + "  ".join(f"{c:>14s}" for c in cols)]
         lines += ["  " + "  ".join(fmt(r.get(c)) for c in cols) for r in s["pareto"]]
-    if "verdict" in s:
+    for key in ("confirm", "seeds"):
+        if s.get(key):
+            lines += ["", *seed_lines(s[key])]
+    if "verdict" in s and s["verdict"].get("over") != "seeds":  # over seeds: in the section above
         lines += ["", s["verdict"]["text"]]
-    elif "best_minus_paper" in s:  # a summary without intervals
+    elif "best_minus_paper" in s and "verdict" not in s:  # a summary without intervals
         lines += ["", f"best - paper configuration = {s['best_minus_paper']:+.4g} ({s['metrics'][0]})"]
-    imp = s.get("importance") or {}
-    for what in ("objective", "divergence"):
-        if imp.get(what):
-            label = s["metrics"][0] if what == "objective" and s.get("metrics") else what
-            lines.append(
-                f"importance for {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in imp[what].items())
-            )
+    if s.get("noise") and not (s.get("verdict") or {}).get("evaluation_only"):
+        lines.append(f"note: {s['noise']['text']}")
+    lines += _importance_lines(s)
     return "\n".join(lines)
 
 
@@ -162,13 +312,47 @@ def write_html(s: dict[str, Any], path: str, storage: str) -> str:
     ):
         if rows:
             parts += [f"<h2>{title}</h2>", _table(*table_rows(s, rows))]
+    for key, title in (("confirm", "Confirmation over seeds"), ("seeds", "Configurations over seeds")):
+        sec = s.get(key)
+        if not sec:
+            continue
+        parts.append(f"<h2>{title}</h2>")
+        if sec.get("why"):
+            parts.append(f"<p>{e(sec['why'])}; seeds {e(', '.join(sec.get('seeds', [])))}</p>")
+        parts.append(
+            f"<p>{e(str(sec.get('metric')))}: mean over seeds with its 95% t interval; differences "
+            "paired by seed, against the paper's configuration</p>"
+        )
+        parts.append(_table(*seed_rows(sec)))
+        for r in sec.get("configs", []):
+            if r.get("vs_paper"):
+                parts.append(
+                    f"<p class=verdict>{e(str(r.get('trial_id') or '-'))}: {e(r['vs_paper']['text'])}</p>"
+                )
+        parts += [f"<p>{e(line.strip())}</p>" for line in _component_lines(sec) + _optimism_lines(sec)]
+        parts += [f"<p class=note>note: {e(n)}</p>" for n in sec.get("notes", [])]
+    if s.get("noise"):
+        parts.append(f"<p class=note>{e(s['noise']['text'])}</p>")
     imp = s.get("importance") or {}
     for what in ("objective", "divergence"):
         if imp.get(what):
+            ci, first = imp.get(f"{what}_ci") or {}, imp.get(f"{what}_first") or {}
             parts += [
                 f"<h2>Importance for {e(what)}</h2>",
-                _table(["parameter", "importance"], list(imp[what].items())),
+                _table(
+                    ["parameter", "importance", "95% CI (bootstrap over trials)", "ranked first in"],
+                    [
+                        [
+                            k,
+                            v,
+                            _iv(ci.get(k), 2),
+                            f"{100 * first[k]:.0f}% of resamples" if k in first else "-",
+                        ]
+                        for k, v in imp[what].items()
+                    ],
+                ),
             ]
+    parts += [f"<p class=note>note: {e(n)}</p>" for n in imp.get("notes", []) if "not shown" in n]
     if s.get("pareto"):
         cols = list(s["pareto"][0])
         parts += ["<h2>Pareto front</h2>", _table(cols, [[r.get(c) for c in cols] for r in s["pareto"]])]

@@ -13,6 +13,15 @@ trials on its fixed held-out split: :mod:`orchestrator.analysis.intervals` says 
 decided), the verdict is paired instead: the 95% interval of the per-sample differences
 must exclude 0. A row's ``<metric>_per_sample`` (a :class:`PerSample`, printed compactly
 in JSON) carries those values for ``jiio analyze --compare``.
+
+Those intervals cover evaluation noise only. With one training seed per configuration
+(the usual sweep) the summary says so (``noise``, and in the verdict): what retraining
+moves is in none of them, and ``jiio confirm`` measures it. Where configurations have
+several seeds (:mod:`orchestrator.analysis.seeds`), ``seeds`` holds each configuration's
+mean with its interval over seeds and its verdict against the paper's configuration paired
+by seed, and that verdict replaces the per-trial one; for a confirmation sweep
+(``NAME-confirm``, written by ``jiio confirm``) ``confirm`` holds the same, labelled by the
+sweep it confirms (trial ids, ranks, selection optimism).
 """
 
 from __future__ import annotations
@@ -25,7 +34,23 @@ import pandas as pd
 
 from orchestrator.analysis.engine import Source, reason
 from orchestrator.analysis.importance import importances
-from orchestrator.analysis.intervals import Interval, PerSample, compare_values, intervals
+from orchestrator.analysis.intervals import (
+    _PROPORTION,
+    Interval,
+    PerSample,
+    _sample_columns,
+    compare_values,
+    intervals,
+)
+from orchestrator.analysis.seeds import (
+    BEATS,
+    SEED,
+    config_key,
+    confirm_summary,
+    evaluation_only,
+    multi_seed,
+    seed_summary,
+)
 
 __all__ = ["Interval", "PerSample", "compare_values", "objectives", "ranked", "status_of", "summarize"]
 
@@ -258,6 +283,9 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
     best = order.head(top)
     paper_ids = meta.get("paper_trial_ids") or []
     paper_ids = [str(p) for p in paper_ids] if isinstance(paper_ids, list) else []
+    parent = _confirm_parent(src, sweep, meta, trials, notes)
+    if parent is not None:  # a confirmation: every point was enqueued, the paper's is the parent's
+        paper_ids = parent["paper_ids"]
     paper = (
         trials[trials["trial_id"].astype(str).isin(paper_ids)] if "trial_id" in trials else trials.iloc[:0]
     )
@@ -314,7 +342,113 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
     elif paper_ids:
         notes.append("the paper configuration has no trial row yet")
     out["importance"] = importances(trials, space, main, mode)
+    _seeds(src, sweep, trials, meta, main, mode, list(space), parent, out)
     if len(metrics) > 1:
         front = src.table("pareto", sweep)
         out["pareto"] = [{c: _plain(v) for c, v in r.items() if c != "sweep"} for _, r in front.iterrows()]
     return out
+
+
+def _confirm_parent(
+    src: Source, sweep: str, meta: dict[str, Any], trials: pd.DataFrame, notes: list[str]
+) -> dict[str, Any] | None:
+    """For a confirmation sweep: the sweep it confirms (``meta/sweep=SWEEP/confirm.json``,
+    else a name ``PARENT-confirm`` with a searched seed), its metadata and trials, and the
+    ids of this sweep's trials of the parent's paper configuration; None otherwise."""
+    try:
+        side = src.meta(sweep, "confirm.json")
+    except (ValueError, OSError):
+        side = None
+    space = meta.get("space") if isinstance(meta.get("space"), dict) else {}
+    if isinstance(side, dict) and isinstance(side.get("parent"), str):
+        name, top = side["parent"], side.get("top")
+    elif sweep.endswith("-confirm") and SEED in space:
+        name, top = sweep[: -len("-confirm")], None
+    else:
+        return None
+    pmeta = read_meta(src, name)
+    if not pmeta.get("metrics") or not isinstance(pmeta.get("space"), dict):
+        notes.append(f"sweep {sweep} confirms {name}, whose metadata is missing: no labels or verdicts")
+        return None
+    ptrials = src.trials(name)
+    params = [k for k in pmeta["space"] if k != SEED]
+    ids = [str(i) for i in pmeta.get("paper_trial_ids") or []]
+    prow = ptrials[ptrials["trial_id"].astype(str).isin(ids)] if len(ptrials) else ptrials
+    paper_ids: list[str] = []
+    if len(prow) and len(trials):
+        key = config_key(prow.iloc[0], params)
+        paper_ids = [str(r["trial_id"]) for _, r in trials.iterrows() if config_key(r, params) == key]
+    return {"name": name, "meta": pmeta, "trials": ptrials, "top": top, "paper_ids": paper_ids}
+
+
+def _steps(src: Source, sweep: str, trials: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """The step rows with per-sample values of ``metric`` (None for an accuracy-like metric,
+    whose count is enough)."""
+    if _PROPORTION.search(metric) and not metric.endswith("_median"):
+        return None
+    ids = trials.loc[status_of(trials) == "completed", "trial_id"].astype(str)
+    cols = ["phase", "eval_n", "solver_diverged", *_sample_columns(metric)]
+    return src.rows("steps", sweep, ids, cols) if len(ids) else None
+
+
+def _seeds(
+    src: Source,
+    sweep: str,
+    trials: pd.DataFrame,
+    meta: dict[str, Any],
+    main: str,
+    mode: str,
+    space: list[str],
+    parent: dict[str, Any] | None,
+    out: dict[str, Any],
+) -> None:
+    """The seed-level part of the summary: ``confirm`` or ``seeds`` (and the verdict over
+    seeds), or, with one seed per configuration, ``noise``: the intervals cover evaluation
+    noise only."""
+    params = [p for p in space if p != SEED]
+    if not main or main not in trials:
+        return
+    section = None
+    if parent is not None:
+        pmeta = parent["meta"]
+        if pmeta["metrics"][0] != main:
+            out["notes"].append(f"{sweep} ranks {main} but confirms {parent['name']}, which ranks another")
+            return
+        section = confirm_summary(
+            pmeta, parent["trials"], trials, _steps(src, sweep, trials, main), meta, parent["top"]
+        )
+        section["sweep"], section["confirm_sweep"] = parent["name"], sweep
+        out["confirm"] = section
+    elif multi_seed(trials, params, main):
+        section = seed_summary(trials, meta, main, mode, params, _steps(src, sweep, trials, main))
+        out["seeds"] = section
+    else:
+        text = evaluation_only(src.root, sweep)
+        out["noise"] = {"seeds_per_configuration": 1, "text": text}
+        verdict = out.get("verdict")
+        if verdict and "difference" in verdict and verdict.get("significant") is not None:
+            verdict["evaluation_only"] = True
+            verdict["text"] += (
+                "; these intervals cover evaluation noise only (one training seed per configuration)"
+                + (
+                    ", so that n would be enough only if retraining moved nothing"
+                    if "n_needed" in verdict
+                    else ""
+                )
+                + f": `jiio confirm {src.root} --name {sweep} --seeds 3` measures what retraining moves"
+            )
+        return
+    rows = [r for r in section["configs"] if "vs_paper" in r]
+    if rows:  # the verdict over seeds replaces the per-trial one: the best configuration's
+        sign = 1.0 if mode == "max" else -1.0
+        ranked_rows = sorted(rows, key=lambda r: (r.get("rank") or math.inf, -sign * r["mean"]))
+        best = ranked_rows[0]
+        vs = best["vs_paper"]
+        out["verdict"] = {
+            "significant": vs["verdict"] == BEATS,
+            "over": "seeds",
+            "difference": vs["difference"],
+            "seeds": vs["seeds"],
+            "interval": vs["ci"],
+            "text": vs["text"],
+        }

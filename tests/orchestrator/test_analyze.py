@@ -63,13 +63,9 @@ def test_summary_ranks_and_compares_with_the_paper(tmp_path):
 
 def test_plots_are_written_and_open(tmp_path):
     paths = plot_sweep(_store(tmp_path), "s", str(tmp_path / "plots"))
-    # one searched parameter: no divergence map or parallel coordinates; no eval steps: no curves
-    assert {p.rsplit("-", 1)[1] for p in paths} == {
-        "params.png",
-        "progress.png",
-        "importance.png",
-        "traces.png",
-    }
+    # one searched parameter: no divergence map or parallel coordinates; no eval steps: no curves;
+    # 5 trials: fewer than importance needs (importance.MIN_TRIALS), so no importance plot
+    assert {p.rsplit("-", 1)[1] for p in paths} == {"params.png", "progress.png", "traces.png"}
     for p in paths:
         with Image.open(p) as im:
             assert im.size[0] > 100 and im.size[1] > 100
@@ -99,7 +95,7 @@ def test_run_reports_missing_sweeps_clearly(tmp_path, capsys):
     store = _store(tmp_path)
     assert run(store.root, "s", str(tmp_path / "out"), as_json=True) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["best"][0]["trial_id"] == "a" and len(out["plots"]) == 4
+    assert out["best"][0]["trial_id"] == "a" and len(out["plots"]) == 3  # no importance: 5 trials
     assert out["report"] == str(tmp_path / "out" / "s-report.html")
     with pytest.raises(AnalyzeError, match="sweeps there: s"):
         run(store.root, "nope", None, as_json=False, plots=False)
