@@ -22,7 +22,14 @@ from .jiio import JIIOResult, jiio_solve, l2_ball
 from .models import ClassifierHead, ImageHead, MDEQCell, MDEQConfig, count_parameters
 from .presets import PRESETS, Preset, preset
 from .solvers import SolverResult, anderson, batch_norm, broyden, fixed_point, solve
-from .warm_baselines import WarmGrad, WarmStats, adam_latent_warm, pgd_attack_warm, warm_input_grad
+from .warm_baselines import (
+    WarmGrad,
+    WarmSettings,
+    WarmStats,
+    adam_latent_warm,
+    pgd_attack_warm,
+    warm_input_grad,
+)
 
 __all__ = [
     "DEQ",
@@ -41,6 +48,7 @@ __all__ = [
     "Preset",
     "SolverResult",
     "WarmGrad",
+    "WarmSettings",
     "WarmStats",
     "adam_latent",
     "adam_latent_warm",

@@ -15,51 +15,34 @@ engineer reuses both solutions:
   ``f(z, x) = step(z, inject(x))``) is computed once per step, not once per iteration.
   A cell without ``inject``/``step`` is called as ``f(z, x)`` at every iteration.
 
-The input's gradient is ``dl/dx = u^T df/dx`` at ``z*``. Parameters' ``.grad`` are never
+One step's gradient is :func:`~jiio_core.warm_solve.warm_input_grad` (its solve settings
+one frozen :class:`~jiio_core.warm_solve.WarmSettings`). Parameters' ``.grad`` are never
 touched. With both warm starts off and an exact backward, the iterates equal the cold
 baseline's (tested).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._mixers import make_mixer
-from .config import SOLVERS
-from .solvers import SolverResult, solve
+from .warm_solve import WarmGrad, WarmSettings, _check, _forward, _init_z, _int, _maps, _num, warm_input_grad
 
-__all__ = ["WarmGrad", "WarmStats", "adam_latent_warm", "pgd_attack_warm", "warm_input_grad"]
+__all__ = [
+    "WarmGrad",
+    "WarmSettings",
+    "WarmStats",
+    "adam_latent_warm",
+    "pgd_attack_warm",
+    "warm_input_grad",
+]
 
 Cell = Callable[[Tensor, Tensor], Tensor]
 StepSize = float | Sequence[float] | Callable[[int], float]
-
-
-@dataclass
-class WarmGrad:
-    """One warm gradient evaluation: ``grad`` is ``d sum(loss(z*(x))) / dx``.
-
-    ``loss`` per sample at ``z``; ``u`` the backward solution (``dl/dz`` for ``k = 0``);
-    ``forward_iters`` cell evaluations of the forward solve, ``forward_residual`` its
-    relative residual per sample; ``backward_iters`` VJPs run, ``backward_residual`` the
-    relative residual ``|J^T u + g - u| / |J^T u + g|`` per sample at the last VJP (of the
-    iterate before the last update; NaN for ``k = 0``).
-    """
-
-    grad: Tensor
-    loss: Tensor
-    z: Tensor
-    u: Tensor
-    forward_iters: int
-    forward_residual: Tensor
-    backward_iters: int
-    backward_residual: Tensor
 
 
 @dataclass
@@ -83,180 +66,13 @@ class WarmStats:
     iterates: list[Tensor] = field(default_factory=list)
 
 
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ValueError(msg)
-
-
-def _num(v: object, low: float, strict: bool) -> bool:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v < math.inf
-    return ok and (v > low if strict else v >= low)  # type: ignore[operator]
-
-
-def _int(v: object, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _opts(
-    solver: str,
-    anderson_m: int,
-    anderson_lam: float,
-    forward_tol: float,
-    forward_max_iter: int,
-    backward_iters: int,
-    backward_solver: str,
-    backward_tol: float,
-) -> dict[str, Any]:
-    """Check the solve settings; return them as keyword arguments of :func:`warm_input_grad`."""
-    for name, s in (("solver", solver), ("backward_solver", backward_solver)):
-        _check(s in SOLVERS, f"{name} must be one of {', '.join(SOLVERS)}; got {s!r}")
-    _check(_int(anderson_m, 1), f"anderson_m must be an int >= 1, got {anderson_m!r}")
-    _check(_int(forward_max_iter, 1), f"forward_max_iter must be an int >= 1, got {forward_max_iter!r}")
-    _check(_int(backward_iters, 0), f"backward_iters must be an int >= 0 (0: JFB), got {backward_iters!r}")
-    for name, v in (
-        ("anderson_lam", anderson_lam),
-        ("forward_tol", forward_tol),
-        ("backward_tol", backward_tol),
-    ):
-        _check(_num(v, 0, strict=False), f"{name} must be a finite number >= 0, got {v!r}")
-    return {
-        "solver": solver,
-        "anderson_m": anderson_m,
-        "anderson_lam": anderson_lam,
-        "forward_tol": forward_tol,
-        "forward_max_iter": forward_max_iter,
-        "backward_iters": backward_iters,
-        "backward_solver": backward_solver,
-        "backward_tol": backward_tol,
-    }
-
-
-def _maps(cell: Cell, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
-    """(``z -> f(z, x)`` on a detached ``x`` for the forward solve, the same wired to ``x``)."""
-    inject, step = getattr(cell, "inject", None), getattr(cell, "step", None)
-    if callable(inject) and callable(step):
-        inj = inject(x)  # once per step; the forward solve uses a detached copy
-        inj_d = [t.detach() for t in inj]
-        return (lambda z: step(z, inj_d)), (lambda z: step(z, inj))
-    x_d = x.detach()
-    return (lambda z: cell(z, x_d)), (lambda z: cell(z, x))
-
-
-def _init_z(cell: Cell, x: Tensor) -> Tensor:
-    init = getattr(cell, "init_z", None)
-    return init(x).detach() if callable(init) else torch.zeros_like(x)
-
-
-def _forward(f: Callable[[Tensor], Tensor], z0: Tensor, o: dict[str, Any]) -> SolverResult:
-    m = o["anderson_m"] if o["solver"] == "anderson" else o["forward_max_iter"]
-    mixer = make_mixer(o["solver"], m=m, lam=o["anderson_lam"])
-    return solve(f, z0.detach(), mixer, max_iter=o["forward_max_iter"], tol=o["forward_tol"])
-
-
-def _backward(
-    fz: Tensor, z: Tensor, g: Tensor, u0: Tensor | None, o: dict[str, Any]
-) -> tuple[Tensor, int, Tensor]:
-    """``backward_iters`` iterations on ``u = J^T u + g`` from ``u0`` (or ``g``): ``(u, VJPs, rel)``."""
-    k, shape, B = o["backward_iters"], g.shape, g.shape[0]
-    g_flat = g.reshape(B, -1)
-    rel = torch.full((B,), math.nan, dtype=g.dtype, device=g.device)
-    if k == 0:
-        return g, 0, rel
-    u = (g_flat if u0 is None else u0.detach().reshape(B, -1)).clone()
-    m = o["anderson_m"] if o["backward_solver"] == "anderson" else k
-    mixer = make_mixer(o["backward_solver"], m=m, lam=o["anderson_lam"])
-    active = torch.ones(B, dtype=torch.bool, device=g.device)
-    tiny, done = torch.finfo(g.dtype).tiny, 0
-    for _ in range(k):
-        (jt_u,) = torch.autograd.grad(fz, z, u.view(shape), retain_graph=True)
-        gu = jt_u.reshape(B, -1) + g_flat
-        rel = torch.where(active, (gu - u).norm(dim=1) / (gu.norm(dim=1) + tiny), rel)
-        done += 1
-        active = active & (rel > o["backward_tol"])
-        if not bool(active.any()):
-            break
-        u = torch.where(active[:, None], mixer.step(u, gu, active), u)
-    u = torch.where(torch.isfinite(u).all(dim=1, keepdim=True), u, g_flat)  # not finite: JFB
-    return u.view(shape).clone(), done, rel
-
-
-def warm_input_grad(
-    cell: Cell,
-    loss: Callable[[Tensor], Tensor],
-    x: Tensor,
-    *,
-    z0: Tensor | None = None,
-    u0: Tensor | None = None,
-    solver: str = "anderson",
-    anderson_m: int = 5,
-    anderson_lam: float = 1e-5,
-    forward_tol: float = 1e-3,
-    forward_max_iter: int = 18,
-    backward_iters: int = 4,
-    backward_solver: str = "anderson",
-    backward_tol: float = 0.0,
-) -> WarmGrad:
-    """Gradient of ``sum(loss(z*(x)))`` w.r.t. ``x``: forward from ``z0``, ``k``-step backward from ``u0``.
-
-    The forward: ``solver`` (Anderson memory ``anderson_m``, ridge ``anderson_lam``) to the
-    relative residual ``forward_tol`` or ``forward_max_iter`` cell evaluations, from ``z0``
-    (default ``cell.init_z(x)``, else zeros like ``x``). The backward: ``backward_iters``
-    iterations of ``backward_solver`` from ``u0`` (default ``dl/dz``); a sample stops early
-    once its residual is ``<= backward_tol``; a sample whose ``u`` is not finite falls
-    back to JFB. The step that :func:`pgd_attack_warm` and :func:`adam_latent_warm` take.
-
-    Example:
-        >>> import torch
-        >>> f = lambda z, x: 0.5 * z + x                 # z* = 2 x, J_z = 0.5 I
-        >>> x = torch.ones(2, 3, dtype=torch.float64)
-        >>> wg = warm_input_grad(f, lambda z: z.sum(1), x, forward_tol=1e-12, forward_max_iter=50,
-        ...                      backward_iters=60, backward_tol=1e-12)
-        >>> [round(float(v), 6) for v in wg.grad[0]]      # dz*/dx = 2
-        [2.0, 2.0, 2.0]
-        >>> float(warm_input_grad(f, lambda z: z.sum(1), x, backward_iters=0).grad[0, 0])  # JFB
-        1.0
-    """
-    o = _opts(
-        solver,
-        anderson_m,
-        anderson_lam,
-        forward_tol,
-        forward_max_iter,
-        backward_iters,
-        backward_solver,
-        backward_tol,
-    )
-    x_req = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        f_solve, f_wired = _maps(cell, x_req)
-        res = _forward(f_solve, _init_z(cell, x) if z0 is None else z0, o)
-        z_star = res.x.detach().clone()
-        z_l = z_star.clone().requires_grad_(True)
-        loss_v = loss(z_l)
-        (g,) = torch.autograd.grad(loss_v.sum(), z_l)
-        z_f = z_star.clone().requires_grad_(True)
-        fz = f_wired(z_f)
-        u, done, rel = _backward(fz, z_f, g, u0, o)
-        (grad,) = torch.autograd.grad(fz, x_req, u, allow_unused=True)
-    return WarmGrad(
-        grad=torch.zeros_like(x_req) if grad is None else grad.detach(),
-        loss=loss_v.detach(),
-        z=z_star,
-        u=u.detach(),
-        forward_iters=res.iterations,
-        forward_residual=res.rel_residual,
-        backward_iters=done,
-        backward_residual=rel,
-    )
-
-
 def _run(
     cell: Cell,
     loss: Callable[[Tensor], Tensor],
     x_first: Tensor,
     update: Callable[[Tensor, float], Tensor],
     sizes: list[float],
-    o: dict[str, Any],
+    o: WarmSettings,
     z0: Tensor | None,
     warm: tuple[bool, bool],
     record_iterates: bool,
@@ -267,7 +83,7 @@ def _run(
     z_w, u_w, x_t = z_cold, None, x_first
     st = WarmStats(step_loss=[], final_loss=x_first.new_zeros(0), steps=len(sizes))
     for t, size in enumerate(sizes):
-        wg = warm_input_grad(cell, loss, x_t, z0=z_w, u0=u_w, **o)
+        wg = warm_input_grad(cell, loss, x_t, z0=z_w, u0=u_w, settings=o)
         st.step_loss.append(float(wg.loss.mean()))
         st.forward_iters.append(wg.forward_iters)
         st.backward_iters.append(wg.backward_iters)
@@ -325,6 +141,7 @@ def pgd_attack_warm(
     backward_iters: int = 4,
     backward_solver: str = "anderson",
     backward_tol: float = 0.0,
+    settings: WarmSettings | None = None,
     warm_forward: bool = True,
     warm_backward: bool = True,
     z0: Tensor | None = None,
@@ -339,7 +156,8 @@ def pgd_attack_warm(
     a sequence of ``steps`` numbers, or a function of the step index (a schedule).
     ``clip=(lo, hi)`` then clamps ``x + delta`` to the box (for ``x`` inside it the result
     stays in the ball); ``None`` (default) clamps nothing, as ``pgd_attack``. The solves:
-    :func:`warm_input_grad`; ``warm_forward`` / ``warm_backward`` off start every step
+    :func:`warm_input_grad` with the solve keywords, or ``settings`` (a
+    :class:`WarmSettings`) in their place; ``warm_forward`` / ``warm_backward`` off start every step
     from ``z0`` (default ``cell.init_z(x)``) / ``dl/dz``. ``callback(t, x_t)`` receives the
     input after step ``t``; ``record_iterates`` keeps them in ``stats.iterates``.
 
@@ -360,7 +178,7 @@ def pgd_attack_warm(
         f"clip must be None or (lo, hi), lo < hi; got {clip!r}",
     )
     sizes = _step_sizes(step_size, steps)
-    o = _opts(
+    o = settings or WarmSettings(
         solver,
         anderson_m,
         anderson_lam,
@@ -408,6 +226,7 @@ def adam_latent_warm(
     backward_iters: int = 4,
     backward_solver: str = "anderson",
     backward_tol: float = 0.0,
+    settings: WarmSettings | None = None,
     warm_forward: bool = True,
     warm_backward: bool = True,
     z0: Tensor | None = None,
@@ -433,7 +252,7 @@ def adam_latent_warm(
     """
     _check(_int(steps, 1), f"steps must be an int >= 1, got {steps!r}")
     _check(_num(lr, 0, strict=True), f"lr must be a finite number > 0, got {lr!r}")
-    o = _opts(
+    o = settings or WarmSettings(
         solver,
         anderson_m,
         anderson_lam,
