@@ -70,6 +70,12 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             ma,
             a["modes"][0],
         )
+        if a.get("noise") or b.get("noise"):  # a trial with one seed: its interval misses the training noise
+            out["verdict"]["evaluation_only"] = True
+            out["verdict"]["text"] += (
+                "; these intervals cover evaluation noise only (one training seed per configuration): "
+                "`jiio confirm` on each sweep measures what retraining moves"
+            )
     return out
 
 

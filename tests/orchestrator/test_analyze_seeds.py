@@ -219,6 +219,10 @@ def test_one_seed_per_configuration_says_the_intervals_cover_evaluation_noise_on
     assert "these intervals cover evaluation noise only (one training seed per configuration)" in out
     html = (tmp_path / "r" / "s-report.html").read_text()
     assert "cover evaluation noise only" in html
+    pair(str(tmp_path), "t", 0.6, 0.5, eval_n=5000)  # --compare of two one-seed sweeps says it too
+    assert main(["analyze", store.root, "--compare", "s", "t", "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)["verdict"]
+    assert v["evaluation_only"] is True and "cover evaluation noise only" in v["text"]
 
 
 # ---------------------------------------------------------------- importance
