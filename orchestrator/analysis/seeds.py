@@ -507,10 +507,11 @@ def seed_summary(
     params: Sequence[str],
     steps: pd.DataFrame | None = None,
     level: float = 0.95,
+    top: int = 10,
 ) -> dict[str, Any]:
     """A sweep whose configurations have several seeds: each configuration over its seeds
-    (best mean first, labelled "paper" and by rank), and each against the paper's
-    configuration (``meta["paper_trial_ids"]``) paired by seed."""
+    (best mean first, labelled "paper" and by rank; the best ``top`` and the paper's), and
+    each against the paper's configuration (``meta["paper_trial_ids"]``) paired by seed."""
     params = [p for p in params if p != SEED]
     values = seed_values(trials, metric, steps, meta)
     groups = _groups(trials, values, params)
@@ -529,14 +530,16 @@ def seed_summary(
         labels[key] = ["best mean over seeds" if rank == 1 else f"rank {rank} by mean"]
         if key == paper_key:
             labels[key].insert(0, "paper")
-    groups = {k: groups[k] for k in order}
+    shown = [k for i, k in enumerate(order) if i < top or k == paper_key]
     out = {
         "metric": metric,
         "mode": mode,
         "level": level,
-        "configs": _table(groups, paper_key, mode, level, labels),
+        "configs": _table({k: groups[k] for k in shown}, paper_key, mode, level, labels),
         "notes": [],
     }
+    if len(shown) < len(order):
+        out["notes"].append(f"{len(order) - len(shown)} more configurations not shown (the best {top} are)")
     if paper_key is None:
         out["notes"].append("no paper configuration among these trials: no verdicts")
     return out

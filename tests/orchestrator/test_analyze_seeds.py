@@ -268,3 +268,21 @@ def test_importance_has_bootstrap_intervals_over_trials(tmp_path):
     assert ci["alpha_x"][0] > max(ci["alpha_z"][0], ci["alpha_mu"][0])  # the planted parameter stands out
     assert first["alpha_x"] > 0.8 and abs(sum(first.values()) - 1) < 0.05
     assert imp["divergence_first"]["alpha_z"] > 0.8
+
+
+def test_seed_summary_shows_the_best_and_the_papers():
+    ax = [0.1, 0.2, 0.3, 0.6]  # the paper's (0.6) is the worst
+    rows = pd.DataFrame(
+        {
+            "trial_id": [f"t{a}-{s}" for a in ax for s in (1, 2)],
+            "status": "completed",
+            "alpha_x": [a for a in ax for _ in (1, 2)],
+            "seed": [1, 2] * len(ax),
+            "robust_acc": [0.5 - a / 10 + s / 100 for a in ax for s in (1, 2)],
+        }
+    )
+    meta = {"paper_trial_ids": ["t0.6-1"]}
+    sec = seed_summary(rows, meta, "robust_acc", "max", ["alpha_x", "seed"], top=2)
+    assert [r["params"]["alpha_x"] for r in sec["configs"]] == [0.1, 0.2, 0.6]
+    assert sec["configs"][-1]["labels"] == ["paper", "rank 4 by mean"]
+    assert "1 more configurations not shown (the best 2 are)" in sec["notes"]
