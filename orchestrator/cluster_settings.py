@@ -10,9 +10,16 @@ under Ray's free-form ``metadata`` key, which the launcher copies to the head as
         gpus_per_trial: 0.25
         model_size: paper
         data_root: ~/data             # on every worker
+        trial_limits:                 # optional: upper bounds on every trial (TaskConfig fields)
+          max_steps_per_epoch: 2
+          eval_batches: 1
 
 The sweep command line resolves each setting as: its flag, else the cluster's setting,
-else the built-in default, and prints which it used (:func:`resolve`).
+else the built-in default, and prints which it used (:func:`resolve`). ``trial_limits``
+bounds the sweep script's fixed settings instead (:meth:`ClusterSettings.limit`): each
+limit is an upper bound on the TaskConfig field of that name (``epochs``,
+``max_steps_per_epoch``, ``eval_batches``; a setting of None, no limit, takes it), the same
+for every model size, except where the sweep's own flag of that name was given.
 
 Example:
     >>> import tempfile, os
@@ -22,6 +29,18 @@ Example:
     >>> value, source = s.resolve("gpus_per_trial", None, 0.0)
     >>> value, source.startswith("cluster")
     (0.5, True)
+    >>> _ = open(path, "w").write("metadata: {jiio: {trial_limits: {max_steps_per_epoch: 2, epochs: 1}}}")
+    >>> s = ClusterSettings.load(path)
+    >>> s.limit({"epochs": 3, "max_steps_per_epoch": None}, defaults={}, flags={"epochs": None})
+    ({'epochs': 1, 'max_steps_per_epoch': 2}, {'epochs': 1, 'max_steps_per_epoch': 2})
+    >>> s.limit({"epochs": 3}, defaults={"max_steps_per_epoch": None}, flags={"epochs": 5})  # --epochs 5
+    ({'epochs': 3, 'max_steps_per_epoch': 2}, {'max_steps_per_epoch': 2})
+    >>> _ = open(path, "w").write("metadata: {jiio: {trial_limits: {steps: 2}}}")
+    >>> try:
+    ...     ClusterSettings.load(path)
+    ... except ClusterSettingsError as exc:
+    ...     print(str(exc).split(": ", 1)[1])
+    metadata.jiio.trial_limits.steps is not a limit; known: epochs, max_steps_per_epoch, eval_batches
 """
 
 from __future__ import annotations
@@ -31,10 +50,18 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BOOTSTRAP", "KEYS", "ClusterSettings", "ClusterSettingsError"]
+__all__ = ["BOOTSTRAP", "KEYS", "TRIAL_LIMITS", "ClusterSettings", "ClusterSettingsError"]
 
 BOOTSTRAP = "~/ray_bootstrap_config.yaml"  # written on the head by `ray up`
-KEYS: dict[str, type] = {"storage": str, "gpus_per_trial": float, "model_size": str, "data_root": str}
+KEYS: dict[str, type] = {
+    "storage": str,
+    "gpus_per_trial": float,
+    "model_size": str,
+    "data_root": str,
+    "trial_limits": dict,
+}
+# The TaskConfig fields metadata.jiio.trial_limits may bound (positive integers).
+TRIAL_LIMITS = ("epochs", "max_steps_per_epoch", "eval_batches")
 PLACEHOLDER = "BUCKET"
 
 
@@ -86,11 +113,45 @@ class ClusterSettings:
             return value, f"cluster {self.path}"
         return default, "default"
 
+    def limit(
+        self, fixed: dict[str, Any], defaults: dict[str, Any], flags: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(fixed with this cluster's trial_limits applied, the limits applied)``. A limit
+        lowers the fixed setting of its name (or, where ``fixed`` has none, the default in
+        ``defaults``, TaskConfig's) to at most its value; None (no limit) counts as above
+        every limit. Skipped where ``flags`` holds a value for that name: a flag wins."""
+        out, applied = dict(fixed), {}
+        limits = self.values.get("trial_limits") or {}
+        for key in TRIAL_LIMITS:  # one order, whatever the config's
+            cap = limits.get(key)
+            if cap is None or flags.get(key) is not None:
+                continue
+            current = out.get(key, defaults.get(key))
+            out[key] = cap if current is None else min(current, cap)
+            applied[key] = cap
+        return out, applied
+
 
 def _check(path: str, key: str, value: Any) -> Any:
     if key not in KEYS:
         raise ClusterSettingsError(f"{path}: metadata.jiio.{key} is not a setting; known: {', '.join(KEYS)}")
     kind = KEYS[key]
+    if kind is dict:
+        if not isinstance(value, dict) or not value:
+            raise ClusterSettingsError(
+                f"{path}: metadata.jiio.{key} must be a mapping such as "
+                f"{{max_steps_per_epoch: 2, eval_batches: 1}}, got {value!r}"
+            )
+        for name, n in value.items():
+            if name not in TRIAL_LIMITS:
+                raise ClusterSettingsError(
+                    f"{path}: metadata.jiio.{key}.{name} is not a limit; known: {', '.join(TRIAL_LIMITS)}"
+                )
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ClusterSettingsError(
+                    f"{path}: metadata.jiio.{key}.{name} must be an integer >= 1, got {n!r}"
+                )
+        return dict(value)
     if kind is float:
         ok = (
             isinstance(value, (int, float))

@@ -175,6 +175,22 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Clus
     return cluster
 
 
+def _trial_limits(args: argparse.Namespace, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The script's fixed settings under the cluster's ``metadata.jiio.trial_limits`` (upper
+    bounds on the TaskConfig fields of those names, TaskConfig's default where the script
+    sets none; a flag of the same name, such as ``--epochs``, wins), noted in the settings line."""
+    limits = args._cluster.values.get("trial_limits")
+    if not limits:
+        return fixed
+    defaults = {f.name: f.default for f in dataclasses.fields(TaskConfig) if f.name in limits}
+    flags = {k: getattr(args, k, None) for k in limits}
+    fixed, applied = args._cluster.limit(fixed, defaults, flags)
+    won = [f"--{k.replace('_', '-')}" for k in limits if k not in applied]
+    note = f"; {', '.join(won)} given: the flag wins" if won else ""
+    args._settings_line += f", trial_limits={applied!r} (cluster {args._cluster.path}{note})"
+    return fixed
+
+
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
     """Checks that need more than one flag, or the filesystem; all before Ray starts."""
     from orchestrator.sweep import _NAME
@@ -210,7 +226,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     data = {"dataset": args.dataset, "data_root": args.data_root, "seed": args.seed}
     script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "sweeps/alpha.py"
     try:  # every fixed setting, with the first point of the space, must make a valid trial
-        fixed = spec.fixed(args)
+        fixed = _trial_limits(args, spec.fixed(args))
         enqueue = tuple(spec.enqueue(args, space))
         for point in enqueue or (
             {k: d.low if d.kind != "choice" else d.choices[0] for k, d in space.items()},

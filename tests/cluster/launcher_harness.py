@@ -33,10 +33,13 @@ head's autoscaler; an ``external`` provider config gets no defaults; ``ray up`` 
 as on AWS; Ray's session directory follows ``$TMPDIR`` and holds Unix sockets (108-byte
 path limit).
 
-The steps, each timed: ``ray up``; ``ray submit`` a 3-trial smoke sweep that takes its
-storage and GPUs per trial from the cluster config's ``metadata``; a longer sweep during
-which one fake GPU worker is killed once a checkpoint exists; ``ray down``; ``ray up`` of
-a fresh head; ``ray submit --resume --trials 4`` from the bucket alone; ``ray down``.
+The steps, each timed: ``ray up`` (and, within it, Ray's hashing of ``file_mounts``);
+``ray submit CONFIG sweeps/alpha.py`` with no arguments, the default sweep (6 paper-size
+trials under the derived config's ``trial_limits``) taking its storage, GPUs per trial and
+model size from the cluster config's ``metadata``, its analysis left in the bucket; a
+smoke sweep during which one fake GPU worker is killed once a checkpoint exists; ``ray
+down``; ``ray up`` of a fresh head; ``ray submit ... -- --resume --trials 7`` of the
+default sweep from the bucket alone; ``ray down``.
 This module only drives and records; the assertions are in the test.
 """
 
@@ -68,7 +71,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_YAML = ROOT / "cluster" / "gpu.yaml"
-SCRIPT = "sweeps/alpha.py"  # relative to ROOT, where every `ray` command runs (file_mounts ".")
+SCRIPT = "sweeps/alpha.py"  # relative to ROOT, where every `ray` command runs (file_mounts are relative)
+DEFAULT_SWEEP = "alpha-adversarial-digits"  # the name `sweeps/alpha.py` gives a sweep without flags
+DEFAULT_TRIALS = 6
+# metadata.jiio.trial_limits of the derived config: paper-size trials (gpu.yaml's model_size),
+# each epoch cut to 2 training steps and its evaluation to 1 batch, so the default sweep runs
+# unchanged otherwise (TaskConfig's 2 epochs, ASHA over them) in minutes on CPUs.
+TRIAL_LIMITS = {"max_steps_per_epoch": 2, "eval_batches": 1}
 SSHD = "/usr/sbin/sshd"
 BUCKET = "jiio-launcher-test"
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
@@ -284,6 +293,7 @@ def derive_config(
     fake_config_local: str,
     storage: str,
     gpus_per_trial: float = 0.25,
+    trial_limits: dict[str, int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``local``-provider config derived from ``source`` (``cluster/gpu.yaml``), and the
     list of replaced commands (see :func:`offline_commands`).
@@ -293,9 +303,10 @@ def derive_config(
     ``rsync_filter``, ``initialization_commands``, ``docker``; ``setup_commands`` and
     ``head_setup_commands`` with network commands replaced; ``head_start_ray_commands`` as
     :func:`head_start_commands`; ``worker_start_ray_commands`` (never run: the local
-    provider has no worker IPs). ``metadata.jiio`` gets the moto bucket as ``storage`` and
-    ``gpus_per_trial``; its ``data_root`` and ``model_size`` are dropped (no datasets
-    here; CPU-sized models). Replaced: ``provider`` (local, 127.0.0.1, no worker IPs; a
+    provider has no worker IPs). ``metadata.jiio`` is the source's with the moto bucket as
+    ``storage``, ``gpus_per_trial`` and, if given, ``trial_limits`` (``model_size: paper``
+    and ``data_root`` kept: digits reads no files; the limits make paper-size trials short
+    enough for a CPU). Replaced: ``provider`` (local, 127.0.0.1, no worker IPs; a
     local cluster's max_workers is 0), ``auth`` (this user, a generated key, sshd -i).
     Dropped: ``available_node_types`` / ``head_node_type`` (the local provider rejects
     them; they move to :func:`fake_autoscale_config`) and ``worker_setup_commands`` (fake
@@ -308,8 +319,10 @@ def derive_config(
     for r in replaced:
         r["list"] = "setup_commands"
     meta = copy.deepcopy(source.get("metadata") or {})
-    jiio = {k: v for k, v in (meta.get("jiio") or {}).items() if k not in ("data_root", "model_size")}
+    jiio = dict(meta.get("jiio") or {})
     jiio.update(storage=storage, gpus_per_trial=gpus_per_trial)
+    if trial_limits:
+        jiio["trial_limits"] = dict(trial_limits)
     meta["jiio"] = jiio
     cfg: dict[str, Any] = {
         "cluster_name": cluster_name,
@@ -552,6 +565,7 @@ class Harness:
             proxy_command=proxy,
             fake_config_local=str(fake_path),
             storage=self.storage,
+            trial_limits=TRIAL_LIMITS,
         )
         header = [
             "# Derived from cluster/gpu.yaml by tests/cluster/launcher_harness.py (local provider,",
@@ -575,6 +589,9 @@ class Harness:
     def up(self, label: str) -> None:
         step = self.run(f"ray-up-{label}", ["ray", "up", "-y", "--no-config-cache", str(self.config)], 300)
         self.result["times"][f"ray up ({label})"] = step["s"]
+        hashing = hashing_seconds(Path(step["log"]).read_text(errors="replace"))
+        if hashing is not None:
+            self.result["times"][f"ray up ({label}): hashing file_mounts"] = hashing
         boot = self.home / "ray_bootstrap_config.yaml"
         if boot.exists():
             self.result.setdefault("bootstrap_metadata", {})[label] = (
@@ -586,7 +603,8 @@ class Harness:
         self.result["times"][f"ray down ({label})"] = step["s"]
 
     def submit_cmd(self, *args: str) -> list[str]:
-        return ["ray", "submit", str(self.config), SCRIPT, "--", *args]
+        """``ray submit CONFIG sweeps/alpha.py [-- ARGS]``: without ARGS, as typed in the README."""
+        return ["ray", "submit", str(self.config), SCRIPT, *(["--", *args] if args else [])]
 
     def ray_status(self, label: str) -> str:
         step = self.run(
@@ -644,6 +662,34 @@ class Harness:
             "records": {k: r.get("state") for k, r in store.records(sweep).items()},
         }
         self.save()
+
+    def analysis_files(self, sweep: str) -> list[str]:
+        """The files under ``<storage>/analysis/<sweep>/`` in the bucket (the sweep's report)."""
+        import pyarrow.fs as pafs
+
+        store = self.store()
+        infos = store.fs.get_file_info(
+            pafs.FileSelector(f"{store.base}/analysis/{sweep}", allow_not_found=True, recursive=True)
+        )
+        return sorted(i.path.rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.File)
+
+    def local_outputs(self) -> list[str]:
+        """Result or report files (Parquet, HTML, PNG, checkpoints) on this machine's disks
+        where the head and the fake workers write: their home and temporary directories (the
+        private ~ and /tmp/ray, which holds TMPDIR and Ray's sessions). The sweep's storage is
+        the bucket, so there should be none."""
+        found = []
+        code = self.home / "jiio"  # the synced repository (its orchestrator/analysis package)
+        for top in (self.home, Path("/tmp/ray")):
+            for dirpath, dirnames, filenames in os.walk(top):
+                if Path(dirpath) == self.home:
+                    dirnames[:] = [d for d in dirnames if d not in self.keep]  # the venv, the repo
+                for name in filenames:
+                    if name.endswith((".parquet", ".html", ".png", ".pt")):
+                        found.append(os.path.join(dirpath, name))
+                if not Path(dirpath).is_relative_to(code):
+                    found += [os.path.join(dirpath, d) for d in dirnames if d in ("results", "analysis")]
+        return sorted(found)
 
     # --- the kill ---
     def fake_nodes(self) -> dict[str, dict[str, Any]]:
@@ -741,7 +787,7 @@ class Harness:
 
     # --- the whole ---
     def submit(self, sweep: str, label: str, *args: str) -> None:
-        step = self.run(f"submit-{label}", self.submit_cmd(*args), 600)
+        step = self.run(f"submit-{label}", self.submit_cmd(*args), 1200)
         self.result["times"][f"ray submit ({label})"] = step["s"]
 
     def trivial(self) -> None:
@@ -775,20 +821,40 @@ class Harness:
             return self.trivial()
         try:
             self.up("first")
-            self.submit("launcher", "launcher", "--smoke", "--trials", "3", "--name", "launcher")
-            self.record_cluster("launcher")
-            self.dump("launcher", "launcher")
+            # The default sweep as the README types it: no flags; everything from metadata.jiio.
+            self.submit(DEFAULT_SWEEP, "default")
+            self.record_cluster("default")
+            self.dump(DEFAULT_SWEEP, "default")
+            self.result["analysis"] = {"default": self.analysis_files(DEFAULT_SWEEP)}
+            self.result["local_outputs"] = {"default": self.local_outputs()}
+            self.save()
+            # CPU-sized smoke trials here: this step is about the kill, not the model.
             self.kill_phase(
-                ["--smoke", "--epochs", "3", "--trials", "3", "--name", "kill", "--no-early-stop"], "kill"
+                [
+                    "--smoke",
+                    "--model-size",
+                    "tiny",
+                    "--epochs",
+                    "3",
+                    "--trials",
+                    "3",
+                    "--name",
+                    "kill",
+                    "--no-early-stop",
+                ],
+                "kill",
             )
             self.record_cluster("kill")
             self.dump("kill", "kill")
             self.down("first")
             self.fresh_home()  # a new head: nothing of the first one but the bucket
             self.up("fresh")
-            self.submit("launcher", "resume", "--smoke", "--trials", "4", "--name", "launcher", "--resume")
+            # The default sweep extended by one trial, from the bucket alone.
+            self.submit(DEFAULT_SWEEP, "resume", "--resume", "--trials", str(DEFAULT_TRIALS + 1))
             self.record_cluster("resume")
-            self.dump("launcher", "resume")
+            self.dump(DEFAULT_SWEEP, "resume")
+            self.result["analysis"]["resume"] = self.analysis_files(DEFAULT_SWEEP)
+            self.result["local_outputs"]["resume"] = self.local_outputs()
             self.result["ok"] = True
         finally:
             try:
@@ -797,6 +863,26 @@ class Harness:
                 self.result.setdefault("errors", []).append(f"ray down: {exc}")
             self.result["times"]["total"] = round(time.monotonic() - self.t0, 1)
             self.save()
+
+
+def hashing_seconds(log: str) -> float | None:
+    """Seconds ``ray up`` spent between "Setting up head node" and "Prepared bootstrap
+    config" (its log lines' timestamps): Ray 2.60 hashes every file under each
+    ``file_mounts`` source there (``hash_runtime_conf``), before anything is synced.
+
+    >>> hashing_seconds("2026-01-01 10:00:01,500 INFO commands.py:831 -- <1/1> Setting up head node\\n"
+    ...                 "2026-01-01 10:00:27,700 INFO commands.py:851 -- Prepared bootstrap config\\n")
+    26.2
+    """
+    stamps = {}
+    for marker in ("Setting up head node", "Prepared bootstrap config"):
+        m = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\s.*" + marker, log, re.M)
+        if m is None:
+            return None
+        stamps[marker] = (
+            time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) + int(m.group(1)[20:]) / 1000
+        )
+    return round(stamps["Prepared bootstrap config"] - stamps["Setting up head node"], 1)
 
 
 def tail(path: Path, n: int = 40) -> str:

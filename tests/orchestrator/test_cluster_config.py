@@ -126,6 +126,56 @@ def text_problems(text: str) -> list[str]:
     return [f"credential-like text matching {p.pattern!r}" for p in SECRET_TEXT if p.search(text)]
 
 
+def mounted_needs() -> list[str]:
+    """What ``pip install -e ~/jiio`` reads (pyproject.toml, its readme, the packages its
+    ``packages.find`` includes) and the sweep scripts, as repository paths."""
+    text = (ROOT / "pyproject.toml").read_text()
+    readme = re.search(r'^readme\s*=\s*"([^"]+)"', text, re.M)
+    include = re.search(r"^include\s*=\s*\[([^\]]*)\]", text, re.M)
+    assert readme and include, "pyproject.toml: no readme or packages.find include"
+    packages = [p.rstrip("*").rstrip(".") for p in re.findall(r'"([^"]+)"', include.group(1))]
+    return ["pyproject.toml", readme.group(1), *packages, "sweeps"]
+
+
+def mount_problems(config: dict[str, Any]) -> list[str]:
+    """``file_mounts``: the repository's layout under ~/jiio, every source there, none the
+    checkout's root or a directory above its .venv, .git or results (``ray up`` hashes every
+    file under each source, ignoring rsync_exclude), everything the nodes install, and the
+    git-sha file the start commands read."""
+    problems = []
+    mounts = config.get("file_mounts") or {}
+    sources = []
+    for remote, local in mounts.items():
+        if remote != f"~/jiio/{local}" or os.path.normpath(local) != local or local.startswith(("/", "..")):
+            problems.append(
+                f"file_mounts must map ~/jiio/PATH to the repository's PATH, got {remote!r}: {local!r}"
+            )
+            continue
+        sources.append(local)
+        if not (ROOT / local).exists():
+            problems.append(f"file_mounts source {local!r} is not in the repository (ray up stops on it)")
+    for heavy in (".venv", ".git", "results"):
+        for local in mounts.values():
+            if (ROOT / heavy).resolve().is_relative_to((ROOT / local).resolve()):
+                problems.append(
+                    f"file_mounts source {local!r} holds {heavy}: ray up hashes every file under it "
+                    "(ignoring rsync_exclude) each time"
+                )
+    for need in mounted_needs():
+        if need not in sources:
+            problems.append(
+                f"file_mounts lack {need!r} (~/jiio/{need}: pip install -e ~/jiio or the sweeps need it)"
+            )
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for cmd in config.get(key) or []:
+            for sha in re.findall(r"cat ~/jiio/(\S+)", cmd):
+                if not any(sha == s or sha.startswith(s + "/") for s in sources):
+                    problems.append(
+                        f"{key}: JIIO_GIT_SHA is read from ~/jiio/{sha}, which no file_mount brings"
+                    )
+    return problems
+
+
 def project_problems(config: dict[str, Any], cloud: str) -> list[str]:
     """The promises cluster/README.md makes about a config; empty when all hold."""
     problems: list[str] = []
@@ -228,9 +278,8 @@ def project_problems(config: dict[str, Any], cloud: str) -> list[str]:
     if not 1 <= config.get("max_workers", 0) <= 16:
         problems.append("max_workers must be between 1 and 16")
 
-    # The repository goes to ~/jiio on every node and is installed there.
-    if config.get("file_mounts") != {"~/jiio": "."}:
-        problems.append(f"file_mounts must be {{'~/jiio': '.'}}, is {config.get('file_mounts')}")
+    # What the nodes need of the repository goes to ~/jiio on every node and is installed there.
+    problems += mount_problems(config)
     excludes = config.get("rsync_exclude") or []
     for pattern in (".venv", ".git"):
         if pattern not in excludes:
@@ -342,6 +391,59 @@ def test_project_promises_hold(cloud: str) -> None:
     assert text_problems(CONFIGS[cloud].read_text()) == []
 
 
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_ray_up_hashes_only_the_mounted_parts(cloud: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's own hashing of ``file_mounts`` (run by every ``ray up`` before anything is
+    synced), from the repository root: it finds every source and reads no file of the
+    checkout's .venv, .git or results (it would read all of them under a mount of ".")."""
+    from ray.autoscaler._private import util
+
+    read: list[str] = []
+
+    def recording_open(path, *args, **kwargs):
+        read.append(os.path.abspath(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(util, "_hash_cache", {})
+    monkeypatch.setattr(util, "open", recording_open, raising=False)
+    util.hash_runtime_conf(load(cloud)["file_mounts"], None, {})
+    assert read and any(p.endswith(os.sep + "pyproject.toml") for p in read)
+    heavy = [str(ROOT / d) + os.sep for d in (".venv", ".git", "results")]
+    assert not [p for p in read if p.startswith(tuple(heavy))], "ray up would hash these"
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_pip_install_e_works_from_the_mounted_parts_alone(cloud: str, tmp_path: Path) -> None:
+    """``pip install -e ~/jiio`` on a node sees only what file_mounts brings: an editable
+    build of a copy of exactly that finds both packages (setuptools, offline)."""
+    pytest.importorskip("setuptools")
+    import shutil
+
+    node = tmp_path / "jiio"
+    for remote, local in load(cloud)["file_mounts"].items():
+        target = node / remote.removeprefix("~/jiio/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = ROOT / local
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, target)
+    script = (
+        "import glob, setuptools.build_meta as b, zipfile; "
+        f"w = b.build_editable({str(tmp_path / 'wheel')!r}); "
+        f"z = zipfile.ZipFile(glob.glob({str(tmp_path / 'wheel' / '*.whl')!r})[0]); "
+        "print(''.join(z.read(n).decode() for n in z.namelist() if n.endswith('finder.py')))"
+    )
+    (tmp_path / "wheel").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=node, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for package in ("jiio_core", "orchestrator"):
+        assert f"'{package}': '{node / package}'" in result.stdout, result.stdout[:2000]
+
+
 def _head_start(config: dict[str, Any]) -> list[str]:
     return config["head_start_ray_commands"]
 
@@ -392,7 +494,30 @@ PROMISES_BROKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         lambda c: c["auth"].update(ssh_private_key="~/.ssh/id_rsa"),
         "auth.ssh_private_key",
     ),
-    "repository not mounted": (lambda c: c.update(file_mounts={}), "file_mounts"),
+    "repository not mounted": (lambda c: c.update(file_mounts={}), "file_mounts lack 'orchestrator'"),
+    "whole checkout mounted (its .venv hashed)": (
+        lambda c: c.update(file_mounts={"~/jiio": "."}),
+        "ray up hashes every file",
+    ),
+    "a package not mounted": (lambda c: c["file_mounts"].pop("~/jiio/jiio_core"), "lack 'jiio_core'"),
+    "pyproject's readme not mounted": (lambda c: c["file_mounts"].pop("~/jiio/README.md"), "'README.md'"),
+    "a mount elsewhere than the repository's layout": (
+        lambda c: c["file_mounts"].update({"~/code/sweeps": "sweeps"}),
+        "~/jiio/PATH",
+    ),
+    "a mount of a path not in the repository": (
+        lambda c: c["file_mounts"].update({"~/jiio/nothing": "nothing"}),
+        "not in the repository",
+    ),
+    "git sha read from outside the mounts": (
+        lambda c: c.update(
+            head_start_ray_commands=[
+                x.replace("~/jiio/cluster/.jiio_git_sha", "~/jiio/.jiio_git_sha")
+                for x in c["head_start_ray_commands"]
+            ]
+        ),
+        "JIIO_GIT_SHA",
+    ),
     "venv synced": (lambda c: c.update(rsync_exclude=[".git", "/results/"]), ".venv"),
     "no spot workers": (
         lambda c: c["available_node_types"].pop("gpu_worker_spot"),

@@ -11,6 +11,7 @@ import yaml
 
 from orchestrator import sweep_cli
 from orchestrator.cluster_settings import ClusterSettings, ClusterSettingsError
+from orchestrator.tasks import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "sweeps"))
@@ -73,6 +74,17 @@ def test_off_a_cluster_the_builtin_defaults(tmp_path, monkeypatch):
         ({"gpus_per_trial": "lots"}, "gpus_per_trial must be a finite number"),
         ({"model_size": "huge"}, "model_size must be 'tiny' or 'paper'"),
         ({"bucket": "x"}, "metadata.jiio.bucket is not a setting"),
+        ({"trial_limits": 2}, "metadata.jiio.trial_limits must be a mapping"),
+        ({"trial_limits": {}}, "metadata.jiio.trial_limits must be a mapping"),
+        (
+            {"trial_limits": {"steps": 2}},
+            "trial_limits.steps is not a limit; known: epochs, max_steps_per_epoch",
+        ),
+        ({"trial_limits": {"lr": 0.1}}, "trial_limits.lr is not a limit"),
+        ({"trial_limits": {"eval_batches": 0}}, "trial_limits.eval_batches must be an integer >= 1, got 0"),
+        ({"trial_limits": {"epochs": 1.5}}, "trial_limits.epochs must be an integer >= 1, got 1.5"),
+        ({"trial_limits": {"epochs": True}}, "trial_limits.epochs must be an integer >= 1, got True"),
+        ({"trial_limits": {"max_steps_per_epoch": "2"}}, "max_steps_per_epoch must be an integer >= 1"),
     ],
 )
 def test_a_wrong_cluster_setting_is_one_line_and_exit_2(jiio, message, tmp_path, monkeypatch, capsys):
@@ -102,3 +114,61 @@ def test_a_missing_cluster_config_named_by_the_environment_is_an_error(monkeypat
     with pytest.raises(ClusterSettingsError, match="does not exist"):
         ClusterSettings.load()
     assert os.environ["JIIO_CLUSTER_CONFIG"].endswith("nope.yaml")
+
+
+class _RanError(Exception):
+    pass
+
+
+def _swept(argv, monkeypatch, path):
+    """The SweepConfig that ``sweep_cli.main`` hands to run_sweep (nothing runs), and the
+    settings line it printed."""
+    seen = {}
+
+    def run_sweep(cfg):
+        seen["cfg"] = cfg
+        raise _RanError
+
+    monkeypatch.setenv("JIIO_CLUSTER_CONFIG", path)
+    monkeypatch.setattr(sweep_cli, "run_sweep", run_sweep)
+    with pytest.raises(_RanError):
+        sweep_cli.main(alpha.SPEC, argv)
+    return seen["cfg"]
+
+
+@pytest.mark.parametrize("size", [[], ["--model-size", "tiny"]])
+def test_trial_limits_bound_every_trial_the_same_way_at_every_model_size(size, tmp_path, monkeypatch, capsys):
+    limits = {"max_steps_per_epoch": 2, "eval_batches": 1}
+    path = _config(tmp_path, storage="s3://b/j", trial_limits=limits)
+    cfg = _swept(size, monkeypatch, path)
+    trial = TaskConfig.from_flat({**cfg.fixed, **cfg.enqueue[0]})
+    assert (trial.max_steps_per_epoch, trial.eval_batches) == (2, 1)
+    # Everything else is the script's: paper size keeps its own settings (TaskConfig's 2 epochs).
+    plain = alpha.fixed(sweep_cli._parser(alpha.SPEC).parse_args([*size, "--model-size", trial.model_size]))
+    assert {k: v for k, v in cfg.fixed.items() if k not in limits} == {
+        k: v for k, v in plain.items() if k not in limits
+    }
+    assert trial.model_size == ("tiny" if size else "paper") and trial.epochs == 2
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("settings:"))
+    assert f"trial_limits={limits!r} (cluster {path})" in line, line
+
+
+def test_a_flag_wins_over_a_trial_limit_and_limits_never_lengthen(tmp_path, monkeypatch, capsys):
+    path = _config(tmp_path, storage="s3://b/j", trial_limits={"epochs": 1, "max_steps_per_epoch": 5})
+    assert _swept([], monkeypatch, path).fixed["epochs"] == 1
+    capsys.readouterr()
+    cfg = _swept(["--epochs", "3"], monkeypatch, path)
+    assert cfg.fixed["epochs"] == 3 and cfg.fixed["max_steps_per_epoch"] == 5
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("settings:"))
+    assert (
+        "trial_limits={'max_steps_per_epoch': 5} (cluster" in line and "--epochs given: the flag wins" in line
+    )
+    # An upper bound: --smoke's 2 steps per epoch stay 2.
+    assert _swept(["--smoke"], monkeypatch, path).fixed["max_steps_per_epoch"] == 2
+
+
+def test_without_trial_limits_the_fixed_settings_are_the_scripts(tmp_path, monkeypatch, capsys):
+    path = _config(tmp_path, storage="s3://b/j")
+    cfg = _swept([], monkeypatch, path)
+    assert cfg.fixed == alpha.fixed(sweep_cli._parser(alpha.SPEC).parse_args(["--model-size", "paper"]))
+    assert "trial_limits=" not in capsys.readouterr().out
