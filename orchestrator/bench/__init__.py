@@ -49,6 +49,7 @@ from orchestrator.bench._variants import _jiio_variant as _jiio_variant
 from orchestrator.bench.attack import run_attack
 from orchestrator.bench.latent import LATENT_ALPHA_X, LATENT_ANDERSON_M, LATENT_ANDERSON_TYPE, run_latent
 from orchestrator.bench.report import _finite, _render
+from orchestrator.bench.strong import add_baseline_arguments
 
 __all__ = ["BenchInputError", "add_arguments", "run", "run_attack", "run_latent"]
 
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--eps", type=_nonneg_float, default=1.0, help="L2 radius (default 1.0)")
     a.add_argument("--pgd-steps", type=_pos_int, default=20, help="K: PGD steps (default 20)")
     a.add_argument("--pgd-step-size", type=_pos_float, default=0.6, help="normalised PGD step (default 0.6)")
+    add_baseline_arguments(a, grid_flag="--step-sizes", grid="0.3,0.6,1.2", what="normalised PGD step sizes")
     a.add_argument("--jiio-iters", type=_pos_int, default=80, help="N: JIIO iterations (default 80)")
     a.add_argument(
         "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
@@ -86,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--latent-dim", type=_pos_int, default=16, help="latent size (default 16)")
     lat.add_argument("--adam-steps", type=_pos_int, default=40, help="S: Adam steps (default 40)")
     lat.add_argument("--adam-lr", type=_pos_float, default=0.1, help="Adam learning rate (default 0.1)")
+    add_baseline_arguments(lat, grid_flag="--adam-lrs", grid="0.05,0.1,0.2,0.4", what="Adam learning rates")
     lat.add_argument("--jiio-iters", type=_pos_int, default=40, help="N: JIIO iterations (default 40)")
     lat.add_argument(
         "--jiio-long-iters",

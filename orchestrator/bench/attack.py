@@ -14,7 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jiio_core import DEQ, JIIOConfig, MDEQCell, count_parameters, jiio_solve, l2_ball, pgd_attack
+from jiio_core import (
+    DEQ,
+    JIIOConfig,
+    MDEQCell,
+    count_parameters,
+    jiio_solve,
+    l2_ball,
+    pgd_attack,
+    pgd_attack_warm,
+)
 from orchestrator.bench._common import (
     _TRAIN_DEQ,
     BenchInputError,
@@ -32,11 +41,20 @@ from orchestrator.bench._variants import _jiio_variants
 from orchestrator.bench.measure import (
     accuracy_interval,
     equal_strength,
+    margin,
     mean_interval,
     ratio_interval,
     timing_row,
 )
 from orchestrator.bench.report import _plot_attack
+from orchestrator.bench.strong import (
+    StepClock,
+    baseline_label,
+    collect,
+    compare_samples,
+    warm_description,
+    warm_settings,
+)
 from orchestrator.data import DatasetSplits, make_loader
 
 __all__ = ["_train_classifier", "run_attack"]
@@ -81,12 +99,14 @@ def _train_classifier(
 
 
 def _per_sample(model: Callable[[Tensor], Tensor], x_adv: Tensor, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """Correct (0/1), cross-entropy and perturbation norm per sample, by the plain DEQ."""
+    """Correct (0/1), cross-entropy, margin loss (largest other logit minus the true one) and
+    perturbation norm per sample, by the plain DEQ."""
     with torch.no_grad():
         logits = model(x_adv)
     return {
         "correct": (logits.argmax(1) == y).float(),
         "ce": F.cross_entropy(logits, y, reduction="none"),
+        "margin": margin(logits, y),
         "delta": (x_adv - x).reshape(x.shape[0], -1).norm(dim=1),
     }
 
@@ -96,11 +116,13 @@ def _cat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def _row(method: str, steps: int, label: str, times: list[float], s: dict[str, Tensor]) -> dict[str, Any]:
-    acc = accuracy_interval(s["correct"])
+    acc, mar = accuracy_interval(s["correct"]), mean_interval(s["margin"])
     row = timing_row(method, steps, label, times, s["ce"])
     row.update(
         accuracy=acc["mean"],
         accuracy_ci=[acc["low"], acc["high"]],
+        margin=mar["mean"],
+        margin_ci=[mar["low"], mar["high"]],
         max_perturbation=float(s["delta"].max()),
     )
     return row
@@ -118,6 +140,29 @@ def _versus(
         "equal_loss": equal_strength(pgd_times, t_j, [p["ce"] for p in curve], s["ce"], True),
         "equal_accuracy": equal_strength(pgd_times, t_j, [p["correct"] for p in curve], s["correct"], False),
     }
+
+
+def _strong(
+    args: argparse.Namespace,
+    cold: dict[str, Any],
+    runs: dict[str, list[dict[str, Any]]],
+    last: dict[str, list[Any]],
+    warm: dict[str, tuple[int, float]],
+    samples: dict[str, dict[str, Tensor]],
+    jiio_rows: dict[str, dict[str, Any]],
+    score: Callable[[list[Tensor]], dict[str, Tensor]],
+    clean: dict[str, Tensor],
+) -> dict[str, Any]:
+    """Every baseline (the cold PGD run and each warm one, every iterate re-scored by the
+    plain DEQ) against every JIIO variant by cross-entropy, margin loss and accuracy
+    (:func:`orchestrator.bench.strong.compare`); plus one row per baseline at K steps."""
+    K = args.pgd_steps
+    per = collect(cold, warm, runs, last, K, score)
+    keys = {"loss": ("ce", True), "margin": ("margin", True), "accuracy": ("correct", False)}
+    out = compare_samples(per, samples, {v: r["seconds_all"] for v, r in jiio_rows.items()}, keys, clean)
+    rows = [_row("pgd", K, b, [t[K] for t in d["times"]], d["samples"][K]) for b, d in per.items()]
+    out["rows"] = [{**r, **d["info"]} for r, d in zip(rows, per.values(), strict=True)]
+    return out
 
 
 def run_attack(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +211,23 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
 
         return go
 
+    def pgd_warm(k_back: int, size: float, steps: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        clock, settings = StepClock(device), warm_settings(k_back, args)
+
+        def go(x: Tensor, y: Tensor) -> dict[str, Any]:
+            clock.start(x)  # iterate 0 is x itself (no random start)
+            _, st = pgd_attack_warm(
+                cell, head, x, y, eps=args.eps, step_size=size, steps=steps, settings=settings, callback=clock
+            )
+            return {
+                "seconds": clock.times[-1],
+                "times": list(clock.times),
+                "inputs": list(clock.inputs),
+                "stats": {"forward_iters": st.forward_iters, "backward_iters": st.backward_iters},
+            }
+
+        return go
+
     def jiio(cfg: JIIOConfig, own_start: bool = False) -> Callable[[Tensor, Tensor], dict[str, Any]]:
         # --jiio-z0 sets the start of the JIIO-n rows; a --jiio-config variant starts as its
         # own ``init`` says (jiio_solve's z0=None), as the solver sweep that found it did
@@ -189,10 +251,20 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     K = args.pgd_steps
     configs = {f"jiio-{n}": base.replace(max_iter=n) for n in _steps(args.jiio_iters)}
     configs.update(extra)
-    variants = {f"pgd-{K}": pgd(K), **{name: jiio(cfg, name in extra) for name, cfg in configs.items()}}
+    # the warm baselines (strong.py): every family of --baselines at every step size of the grid
+    warm = {baseline_label("pgd", k, a, "s"): (k, a) for k in args.baselines for a in args.step_sizes}
+    variants = {
+        f"pgd-{K}": pgd(K),
+        **{name: pgd_warm(k, a, K) for name, (k, a) in warm.items()},
+        **{name: jiio(cfg, name in extra) for name, cfg in configs.items()},
+    }
     x_w, y_w = batches[0]
     pgd(1)(x_w, y_w), jiio(base.replace(max_iter=2))(x_w, y_w)  # warm-up: allocator, kernels, lazy init
+    for k in args.baselines:
+        pgd_warm(k, args.pgd_step_size, 1)(x_w, y_w)
     runs, last = _interleave(variants, batches, args.reps, log)
+    strong_runs = {name: runs.pop(name) for name in warm}
+    strong_last = {name: last.pop(name) for name in warm}
 
     pgd_times = [run["times"] for run in runs.pop(f"pgd-{K}")]
     pgd_last = last.pop(f"pgd-{K}")
@@ -226,6 +298,19 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
             "loss_diff": mean_interval(s_v["ce"] - s_main["ce"]),  # > 0: stronger
             "accuracy_diff": mean_interval(s_v["correct"] - s_main["correct"]),  # < 0: stronger
         }
+    cold = {
+        "label": baseline_label("pgd", None, args.pgd_step_size, "s"),
+        "times": pgd_times,
+        "samples": curve,
+        "info": {"family": "cold", "backward_iters": None, "step_size": args.pgd_step_size},
+    }
+
+    def score(xs: list[Tensor]) -> dict[str, Tensor]:  # one iterate per batch, re-scored
+        return _cat([_per_sample(model, xi, x, y) for xi, (x, y) in zip(xs, batches, strict=True)])
+
+    strong = _strong(args, cold, strong_runs, strong_last, warm, samples, by, score, clean)
+    for name, v in versus.items():
+        v["fastest"] = strong["versus"][name]  # against the fastest baseline reaching it
     tol = 1e-5 * max(1.0, args.eps)
     stronger = [r for r in rows if r["method"] == "pgd" and r["loss"] >= j_main["loss"]]
     cheapest = min(stronger, key=lambda r: r["seconds"]) if stronger else None
@@ -251,6 +336,8 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
             "pgd_steps": K,
             "pgd_step_size": args.pgd_step_size,
             "pgd_normalize": True,
+            "step_sizes": args.step_sizes,
+            **warm_description(args),
             "jiio_iters": args.jiio_iters,
             "jiio_z0": args.jiio_z0,
             "jiio_configs": list(extra),
@@ -270,7 +357,14 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
         "jiio": j_main,
         "rows": rows,
         "versus": versus,
-        "within_eps": all(r["max_perturbation"] <= args.eps + tol for r in rows),
+        "within_eps": all(r["max_perturbation"] <= args.eps + tol for r in rows + strong["rows"]),
+        # the strong baselines (strong.py): every baseline's curve, the strongest per step,
+        # every JIIO variant against the fastest baseline reaching it, fixed targets
+        "baselines": strong["baselines"],
+        "baseline_rows": strong["rows"],
+        "best_per_step": strong["best_per_step"],
+        "targets": strong["targets"],
+        "speed_ratio_vs_fastest_baseline": versus[f"jiio-{args.jiio_iters}"]["fastest"],
         "speedup": p_main["seconds"] / j_main["seconds"],
         "speedup_ci": main["speedup"],
         "equal_or_better_strength": j_main["loss"] >= p_main["loss"]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jiio_core import DEQ, JIIOConfig, MDEQCell, adam_latent, count_parameters, jiio_solve
+from jiio_core import DEQ, JIIOConfig, MDEQCell, adam_latent, adam_latent_warm, count_parameters, jiio_solve
 from orchestrator.bench._common import (
     _TRAIN_DEQ,
     _baseline_deq,
@@ -29,6 +29,14 @@ from orchestrator.bench._timing import _CallClock, _interleave, _timed
 from orchestrator.bench._variants import _jiio_variants
 from orchestrator.bench.measure import equal_strength, mean_interval, ratio_interval, timing_row
 from orchestrator.bench.report import _plot_latent
+from orchestrator.bench.strong import (
+    StepClock,
+    baseline_label,
+    collect,
+    compare_samples,
+    warm_description,
+    warm_settings,
+)
 from orchestrator.data import DatasetSplits
 
 __all__ = [
@@ -194,6 +202,24 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
 
         return go
 
+    def adam_warm(k_back: int, lr: float, steps: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:
+        clock, settings = StepClock(device), warm_settings(k_back, args)
+
+        def go(target: Tensor, _: Tensor) -> dict[str, Any]:
+            x0 = zeros(target)
+            clock.start(x0)
+            _, st = adam_latent_warm(
+                cell, head, target, x0, steps=steps, lr=lr, loss_fn=_se, settings=settings, callback=clock
+            )
+            return {
+                "seconds": clock.times[-1],
+                "times": list(clock.times),
+                "inputs": list(clock.inputs),
+                "stats": {"forward_iters": st.forward_iters, "backward_iters": st.backward_iters},
+            }
+
+        return go
+
     def jiio(cfg: JIIOConfig, own_start: bool = False) -> Callable[[Tensor, Tensor], dict[str, Any]]:
         # --jiio-z0 sets the start of the JIIO-n rows; a --jiio-config variant starts as its
         # own ``init`` says (jiio_solve's z0=None), as the solver sweep that found it did
@@ -216,10 +242,20 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     iters = sorted({args.jiio_iters, *([args.jiio_long_iters] if args.jiio_long_iters else [])})
     configs = {f"jiio-{n}": jiio_cfg(n) for n in iters}
     configs.update(extra)
-    variants = {f"adam-{S}": adam(S), **{name: jiio(cfg, name in extra) for name, cfg in configs.items()}}
+    # the warm baselines (strong.py): every family of --baselines at every rate of --adam-lrs
+    warm = {baseline_label("adam", k, lr, "lr"): (k, lr) for k in args.baselines for lr in args.adam_lrs}
+    variants = {
+        f"adam-{S}": adam(S),
+        **{name: adam_warm(k, lr, S) for name, (k, lr) in warm.items()},
+        **{name: jiio(cfg, name in extra) for name, cfg in configs.items()},
+    }
     t_w, y_w = batches[0]
     adam(1)(t_w, y_w), jiio(jiio_cfg(2))(t_w, y_w)  # warm-up
+    for k in args.baselines:
+        adam_warm(k, args.adam_lr, 1)(t_w, y_w)
     runs, last = _interleave(variants, batches, args.reps, log)
+    strong_runs = {name: runs.pop(name) for name in warm}
+    strong_last = {name: last.pop(name) for name in warm}
 
     adam_times = [run["times"] for run in runs.pop(f"adam-{S}")]
     adam_last = last.pop(f"adam-{S}")
@@ -264,6 +300,30 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             "speed": ratio_interval(j_main["seconds_all"], by[name]["seconds_all"]),  # > 1: faster
             "loss_diff": mean_interval(losses[name] - losses[f"jiio-{args.jiio_iters}"]),  # < 0: better
         }
+    cold = {
+        "label": baseline_label("adam", None, args.adam_lr, "lr"),
+        "times": adam_times,
+        "samples": [{"loss": c} for c in curve],
+        "info": {"family": "cold", "backward_iters": None, "step_size": args.adam_lr},
+    }
+
+    def score(xs: list[Tensor]) -> dict[str, Tensor]:  # one latent per batch, re-scored
+        return {"loss": torch.cat([per_image(xi, t) for xi, (t, _) in zip(xs, batches, strict=True)])}
+
+    per = collect(cold, warm, strong_runs, strong_last, S, score)
+    strong = compare_samples(
+        per,
+        {v: {"loss": loss} for v, loss in losses.items()},
+        {v: by[v]["seconds_all"] for v in losses},
+        {"loss": ("loss", False)},
+        {"loss": start},
+    )
+    strong["rows"] = [
+        {**timing_row("adam", S, b, [t[S] for t in d["times"]], d["samples"][S]["loss"]), **d["info"]}
+        for b, d in per.items()
+    ]
+    for name, v in versus.items():
+        v["fastest"] = strong["versus"][name]  # against the fastest baseline reaching it
     eq = versus[f"jiio-{args.jiio_iters}"]["equal_loss"]
     reach = eq["step"]
     adam_t = curves[f"adam-{S}"]["seconds"][reach] if reach is not None else None
@@ -283,6 +343,8 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             "timing_runs": len(j_main["seconds_all"]),
             "adam_steps": S,
             "adam_lr": args.adam_lr,
+            "adam_lrs": args.adam_lrs,
+            **warm_description(args),
             "jiio_iters": args.jiio_iters,
             "jiio_long_iters": args.jiio_long_iters or None,
             "alpha_x": args.alpha_x,
@@ -309,4 +371,11 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
         "speed_ratio_at_equal_loss": eq["ratio"]["ratio"] if reach is not None else None,
         "speed_ratio_at_equal_loss_lower_bound": eq["lower_bound"],
         "plot": plot,
+        # the strong baselines (strong.py): every baseline's curve, the best per step, every
+        # JIIO variant against the fastest baseline reaching its loss, fixed targets
+        "baselines": strong["baselines"],
+        "baseline_rows": strong["rows"],
+        "best_per_step": strong["best_per_step"],
+        "targets": strong["targets"],
+        "speed_ratio_vs_fastest_baseline": versus[f"jiio-{args.jiio_iters}"]["fastest"],
     }

@@ -12,6 +12,10 @@ on the same batch form a pair. Three kinds of uncertainty are reported:
 - the baseline step that matches JIIO's strength: from the per-sample paired differences
   between the baseline's iterate k and JIIO's result (:func:`crossing`), the first k whose
   mean difference reaches 0, and the range of k over which the two cannot be told apart.
+
+With several baselines (cold, warm-started, step sizes from a grid), :func:`fastest_reaching`
+picks the one that reaches a reference strength soonest in time (the ratio JIIO is judged
+by) and :func:`best_per_step` the strongest at each step count.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ from orchestrator.stats import wilson
 
 __all__ = [
     "accuracy_interval",
+    "best_per_step",
     "crossing",
     "equal_strength",
+    "fastest_reaching",
+    "margin",
     "mean_interval",
     "ratio_interval",
+    "reaches",
     "timing_row",
 ]
 
@@ -181,3 +189,95 @@ def timing_row(method: str, steps: int, label: str, times: list[float], loss: Te
         "loss_ci": [m["low"], m["high"]],
         "n": m["n"],
     }
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Margin loss per sample: the largest other logit minus the true class's logit (> 0:
+    misclassified). Unlike the cross-entropy it does not flatten once an attack succeeds.
+
+    Example:
+        >>> margin(torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]]), torch.tensor([0, 2]))
+        tensor([-1.,  4.])
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf)
+    return other.max(dim=1).values - true
+
+
+def reaches(values: Tensor, reference: Tensor, higher_is_stronger: bool) -> dict[str, Any]:
+    """Whether one result reaches a reference, paired per sample: ``reached`` (mean of the
+    sign-adjusted difference >= 0, as :func:`crossing`), ``tied`` (its 95% interval reaches
+    0) and the difference itself with its interval."""
+    sign = 1.0 if higher_is_stronger else -1.0
+    d = mean_interval(sign * (values.double() - reference.double()))
+    return {"reached": d["mean"] >= 0, "tied": d["high"] >= 0, "diff": d}
+
+
+def fastest_reaching(
+    curves: dict[str, Sequence[Tensor]],
+    times: dict[str, Sequence[Sequence[float]]],
+    jiio_times: Sequence[float],
+    reference: Tensor,
+    higher_is_stronger: bool,
+) -> dict[str, Any]:
+    """The baseline that reaches ``reference`` soonest in time, and its speed ratio to JIIO.
+
+    ``curves[b][k]``: per-sample values of baseline ``b``'s iterate ``k``; ``times[b][run][k]``
+    when that iterate existed (runs paired with ``jiio_times``). For every baseline,
+    :func:`equal_strength` (``candidates``); the fastest is the one with the smallest speed
+    ratio at its crossing step (ties: the first in ``curves``' order), reported as
+    ``baseline``, ``step``, ``ratio``. ``range``: from the fastest baseline that cannot be
+    told apart from the reference (lower end of its ratio at its ``step_low``) to the fastest
+    that is stronger beyond doubt (upper end at its ``step_high``), over all baselines. When
+    no baseline reaches it: ``baseline`` None, ``lower_bound`` the smallest of the baselines'
+    lower bounds (their whole run's ratio, lower end).
+
+    Example:
+        >>> ref = torch.tensor([1.0, 1.0])
+        >>> curves = {"slow": [ref - 1, ref], "fast": [ref - 1, ref - 0.5, ref]}
+        >>> times = {"slow": [[0.0, 1.0]] * 2, "fast": [[0.0, 0.2, 0.4]] * 2}
+        >>> out = fastest_reaching(curves, times, [0.5, 0.5], ref, True)
+        >>> out["baseline"], out["step"], round(out["ratio"]["ratio"], 6)
+        ('fast', 2, 0.8)
+    """
+    cands = {
+        b: equal_strength(times[b], jiio_times, curves[b], reference, higher_is_stronger) for b in curves
+    }
+    reached = [b for b in cands if cands[b]["ratio"] is not None]
+    fastest = min(reached, key=lambda b: cands[b]["ratio"]["ratio"]) if reached else None
+
+    def end(which: int, key: str) -> float | None:
+        ends = [c["range"][which] for c in cands.values() if c[key] is not None]
+        return min(ends) if ends else None
+
+    bounds = [c["lower_bound"] for c in cands.values() if c["lower_bound"] is not None]
+    best = cands[fastest] if fastest else None
+    return {
+        "baseline": fastest,
+        "step": best["step"] if best else None,
+        "step_low": best["step_low"] if best else None,
+        "step_high": best["step_high"] if best else None,
+        "ratio": best["ratio"] if best else None,
+        "range": [end(0, "step_low"), end(1, "step_high")],
+        "lower_bound": None if fastest else (min(bounds) if bounds else None),
+        "candidates": cands,
+    }
+
+
+def best_per_step(curves: dict[str, Sequence[Tensor]], higher_is_stronger: bool) -> list[dict[str, Any]]:
+    """At each step count, the baseline whose iterate is strongest on average (ties: the
+    first in ``curves``' order), over the steps every curve has.
+
+    Example:
+        >>> a, b = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])
+        >>> [r["baseline"] for r in best_per_step({"a": [a, a + 1], "b": [b, b]}, True)]
+        ['a', 'a']
+    """
+    sign = 1.0 if higher_is_stronger else -1.0
+    n = min(len(c) for c in curves.values())
+    out = []
+    for k in range(n):
+        means = {b: float(c[k].double().mean()) for b, c in curves.items()}
+        b = max(means, key=lambda name: sign * means[name])
+        out.append({"step": k, "baseline": b, "mean": means[b]})
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from typing import Any
 
 import torch
@@ -209,6 +210,8 @@ def _render_attack(out: dict[str, Any]) -> list[str]:
         "variant has mean >= 0; (a-b): the steps from 'cannot be told apart' to 'stronger beyond doubt'"
     )
     lines += _vs_main(out, f"jiio-{cfg['jiio_iters']}", "CE", "> 0: stronger")
+    if "baseline_rows" in out:
+        lines += _render_strong(out, ("loss", "margin", "accuracy"), "PGD")
     lines.append(f"all perturbations within eps: {'yes' if out['within_eps'] else 'NO'}")
     if out.get("plot"):
         lines.append(f"strength-versus-time plot: {out['plot']}")
@@ -241,6 +244,8 @@ def _render_latent(out: dict[str, Any]) -> list[str]:
             cell = f"{e['step']} ({span}) {_ratio(e['ratio'])}"
         lines.append(f"{name:26s}{_ratio(v['speedup']):>24s}{cell:>40s}")
     lines += _vs_main(out, f"jiio-{cfg['jiio_iters']}", "loss", "< 0: better")
+    if "baseline_rows" in out:
+        lines += _render_strong(out, ("loss",), "Adam")
     line = f"speedup {A} / {J}: {out['speedup']:.2f}x"
     if jl:
         line += f" | {A} / JIIO-{jl['steps']}: {out['speedup_long']:.2f}x"
@@ -261,6 +266,54 @@ def _render_latent(out: dict[str, Any]) -> list[str]:
     )
     if out["plot"]:
         lines.append(f"loss-versus-time curves: {out['plot']}")
+    return lines
+
+
+def _fastest(r: dict[str, Any]) -> str:
+    """One cell: the fastest baseline reaching a strength, its step and the speed ratio."""
+    if r["baseline"] is None:
+        lb = r.get("lower_bound")
+        return "none reaches it" + (f"; >= {lb:.2f}x" if lb is not None else "")
+    lo, hi = r["range"]
+    return f"{r['baseline']}@{r['step']} {_ratio(r['ratio'])} ({_f(lo, '.2f')}-{_f(hi, '.2f')})"
+
+
+def _render_strong(out: dict[str, Any], measures: tuple[str, ...], unit: str) -> list[str]:
+    """The strong baselines' part of the tables: every baseline at its full step budget,
+    every JIIO variant against the fastest baseline reaching it, and the fixed targets."""
+    cfg = out["config"]
+    lines = [
+        f"baselines at {unit}-{cfg.get('pgd_steps') or cfg.get('adam_steps')} (cold: the paper's; warm: "
+        f"forward {cfg['warm']['forward']}; backward {cfg['warm']['backward']}):",
+        f"{'baseline':22s}{'s/batch':>9s}"
+        + "".join(f"{m:>26s}" for m in measures)
+        + f"{'fwd it/step':>12s}{'bwd it/step':>12s}",
+    ]
+    for r in out["baseline_rows"]:
+        c = out["baselines"][r["label"]]["curve"]
+        fw = statistics.fmean(c["forward_iters"]) if c.get("forward_iters") else None
+        bw = statistics.fmean(c["backward_iters"]) if c.get("backward_iters") else None
+        cells = "".join(f"{_ci(r, m, '.3f'):>26s}" for m in measures)
+        lines.append(f"{r['label']:22s}{r['seconds']:9.3f}{cells}{_f(fw, '.1f'):>12s}{_f(bw, '.1f'):>12s}")
+    lines.append(
+        "JIIO variant against the fastest baseline reaching its strength, by "
+        + ", ".join(measures)
+        + ": baseline@step ratio [95%] (range over all baselines: 'cannot be told apart' - 'stronger "
+        "beyond doubt')"
+    )
+    for name, v in out["versus"].items():
+        lines.append(f"  {name}: " + " | ".join(f"{m} {_fastest(v['fastest'][m])}" for m in measures))
+    lines.append(
+        "targets set by the baselines (the strongest at the full budget, per sample; fraction: of its "
+        "effect from the start):"
+    )
+    for t in out["targets"]:
+        base = f"{t['baseline']}@{t['baseline_step']} {_f(t['baseline_seconds'], '.3f')} s"
+        jiio = f"{t['jiio']} {_f(t['jiio_seconds'], '.3f')} s" if t["jiio"] else "no JIIO variant reaches it"
+        lines.append(
+            f"  {t['measure']} {t['fraction']:g} x {t['set_by']} (mean {t['reference_mean']:.3f}): "
+            f"fastest baseline {base}; {jiio}; ratio {_ratio(t['ratio'])}"
+        )
     return lines
 
 
