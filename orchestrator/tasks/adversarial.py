@@ -37,7 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jiio_core import DEQ, ClassifierHead, DEQConfig, JIIOResult, MDEQCell, jiio_solve, l2_ball, pgd_attack
+from jiio_core import (
+    DEQ,
+    ClassifierHead,
+    DEQConfig,
+    JIIOResult,
+    MDEQCell,
+    WarmSettings,
+    jiio_solve,
+    l2_ball,
+    pgd_attack,
+    pgd_attack_warm,
+)
 from orchestrator.data import DataConfig, DatasetSplits, load_dataset
 from orchestrator.tasks.common import (
     Callback,
@@ -124,14 +135,37 @@ class AdversarialTrainer(Trainer):
         z, _ = self.deq(x)
         return self.head(z)
 
-    def attack_pgd(self, x: Tensor, y: Tensor, steps: int | None = None) -> Tensor:
+    def attack_pgd(self, x: Tensor, y: Tensor, steps: int | None = None, warm: bool | None = None) -> Tensor:
         """L2 PGD examples (``steps``, default ``config.pgd_steps``, of ``pgd_step_size``),
-        parameters frozen."""
+        parameters frozen. ``warm`` (default ``config.pgd_warm``): the strong PGD
+        (:func:`~jiio_core.pgd_attack_warm`: forward from the previous step's ``z*``, Anderson
+        m=5 to ``deq_tol`` or ``deq_max_iter``; at most ``pgd_warm_backward_iters`` backward
+        iterations from the previous step's ``u``, 0: Jacobian-free); else the paper's
+        (every step a full forward solve and implicit backward with the plain DEQ)."""
         cfg = self.config
+        steps = steps or cfg.pgd_steps
         with _frozen(self.modules.values()):
-            x_adv, _ = pgd_attack(
-                self.logits, x, y, eps=cfg.eps, step_size=cfg.pgd_step_size, steps=steps or cfg.pgd_steps
-            )
+            if cfg.pgd_warm if warm is None else warm:
+                settings = WarmSettings(
+                    forward_tol=cfg.deq_tol,
+                    forward_max_iter=cfg.deq_max_iter,
+                    backward_iters=cfg.pgd_warm_backward_iters,
+                    backward_tol=cfg.deq_tol,
+                )
+                x_adv, _ = pgd_attack_warm(
+                    self.cell,
+                    self.head,
+                    x,
+                    y,
+                    eps=cfg.eps,
+                    step_size=cfg.pgd_step_size,
+                    steps=steps,
+                    settings=settings,
+                )
+            else:
+                x_adv, _ = pgd_attack(
+                    self.logits, x, y, eps=cfg.eps, step_size=cfg.pgd_step_size, steps=steps
+                )
         return x_adv
 
     def eval_attack(self) -> str:
@@ -259,7 +293,7 @@ class AdversarialTrainer(Trainer):
                 with torch.no_grad():
                     clean += _correct(self.logits(x), y)
                 t = self._clock()
-                x_pgd = self.attack_pgd(x, y, self.config.eval_pgd_steps)
+                x_pgd = self.attack_pgd(x, y, self.config.eval_pgd_steps, warm=False)  # the paper's PGD
                 pgd_s += self._clock() - t
                 t = self._clock()
                 with torch.no_grad():

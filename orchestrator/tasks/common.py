@@ -96,6 +96,13 @@ class TaskConfig:
     eps: float = 1.0
     pgd_steps: int = 20
     pgd_step_size: float = 0.6
+    # The strong PGD of training (mode "pgd"): forward solves warm-started from the previous
+    # step's z* (Anderson m=5, deq_tol, at most deq_max_iter) and at most
+    # pgd_warm_backward_iters backward iterations warm-started from the previous step's u
+    # (0: Jacobian-free) instead of the paper's full solves every step; the evaluation's PGD
+    # stays the paper's. See jiio_core.pgd_attack_warm.
+    pgd_warm: bool = False
+    pgd_warm_backward_iters: int = 4
     latent_dim: int = 16
     adam_steps: int = 40
     adam_lr: float = 0.1
@@ -157,6 +164,14 @@ class TaskConfig:
             self.deq_solver,
         )
         _need(isinstance(self.jiio, JIIOConfig), "jiio", "a JIIOConfig", self.jiio)
+        _need(isinstance(self.pgd_warm, bool), "pgd_warm", "true or false", self.pgd_warm)
+        k = self.pgd_warm_backward_iters
+        _need(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0,
+            "pgd_warm_backward_iters",
+            "an integer >= 0 (0: Jacobian-free)",
+            k,
+        )
 
     @classmethod
     def from_flat(cls, params: dict[str, Any]) -> TaskConfig:
