@@ -15,7 +15,9 @@ state. Each invocation is one fresh Tune experiment that runs only what is missi
 Trial identity holds by construction (``orchestrator.search.UniqueTrials``): no started
 point is proposed again, no two live trials share an id. One driver per sweep
 (``orchestrator.lock``); a resume with other settings than the sweep was started with is
-refused. ASHA's prune decisions are written when taken.
+refused. ASHA's prune decisions are written when taken, by a background writer
+(``orchestrator.driver_writes``: Tune's event loop never waits on storage), flushed before
+the driver reads the store.
 
 This avoids Tune's restore pitfalls (OptunaSearch KeyError with ``restart_errored``,
 checkpoints deleted under a hard kill, partial ResultGrids after SIGINT, an iteration
@@ -33,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.driver_writes import DriverWriteError, DriverWrites
 from orchestrator.lock import SweepLock
 from orchestrator.results import ResultStore
 from orchestrator.search import Dim, make_searcher
@@ -238,9 +241,10 @@ def _run_tuner(
             **cfg.extra,
         },
     )
+    writes = DriverWrites(name=f"driver-writes-{cfg.name}")  # storage writes off Tune's event loop
     if cfg.scheduler == "asha":
         # A trial reports its last epoch only after writing its row, so a stop there is harmless.
-        scheduler = _pruning_asha(store, cfg)(
+        scheduler = _pruning_asha(store, cfg, writes)(
             metric=cfg.metrics[0],
             mode=cfg.modes[0],
             time_attr="epoch",
@@ -289,10 +293,12 @@ def _run_tuner(
     interrupted = False
     try:
         grid = tuner.fit()
+        _drain(writes)  # the pruned rows reach storage before the driver reads it
         _record_failed(store, cfg, grid)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        _drain(writes, close=True)  # Ctrl-C or an error: the decisions taken are written too
         if console is not None:
             console.close()
     if len(cfg.metrics) > 1:
@@ -320,9 +326,17 @@ def _outcome(store: ResultStore, cfg: SweepConfig, ran: int, interrupted: bool) 
     return SweepOutcome(n_done, cfg.trials, ran, interrupted, cfg.storage, completed, len(errors), first)
 
 
-def _pruning_asha(store: ResultStore, cfg: SweepConfig):
+def _pruning_asha(store: ResultStore, cfg: SweepConfig, writes: DriverWrites | None = None):
     """ASHA that writes a trial's ``pruned`` row when it decides to stop it (a killed driver
-    does not forget it); a trial stopped by Ctrl-C stays pending and continues on resume."""
+    does not forget it); a trial stopped by Ctrl-C stays pending and continues on resume.
+
+    The row is written by ``writes``, the driver's background writer, so Tune's event loop
+    (every trial's reports) never waits on storage; ``_run_tuner`` flushes it before it
+    reads the store. A decision killed before it reached storage leaves the trial
+    ``running`` with its checkpoint: ``--resume`` continues it (``orchestrator.driver_writes``
+    says why nothing is lost or duplicated). ``writes=None`` writes in the callback itself
+    (the synchronous behaviour, measured by ``benchmarks/driver_writes.py``).
+    """
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     searched = tuple(cfg.space)
@@ -333,10 +347,27 @@ def _pruning_asha(store: ResultStore, cfg: SweepConfig):
             if action == TrialScheduler.STOP and not result.get("final"):
                 tid = trial_id_of(trial.config, cfg.name, searched)
                 params = {k: trial.config[k] for k in searched}
-                driver_row(store, cfg, tid, params, "pruned", result, None)
+                args = (store, cfg, tid, params, "pruned", dict(result), None)  # a copy: Tune reuses result
+                if writes is None:
+                    driver_row(*args)
+                else:
+                    writes.submit(f"pruned row of trial {tid}", driver_row, *args)
             return action
 
     return PruningASHA
+
+
+def _drain(writes: DriverWrites, close: bool = False) -> None:
+    """Wait for the driver's background writes (``close``: and stop its thread). A write that
+    failed is reported here, not raised: its trial has no row (or one the next start
+    completes), so the sweep ends "stopped ... resume with" and ``--resume`` takes it up."""
+    try:
+        writes.close() if close else writes.flush()
+    except DriverWriteError as exc:
+        for what, err in exc.failures:
+            print(
+                f"warning: {what} failed ({type(err).__name__}: {err}); --resume takes it up", file=sys.stderr
+            )
 
 
 def _record_failed(store: ResultStore, cfg: SweepConfig, grid) -> None:
