@@ -16,6 +16,14 @@ baseline's per-step curve and every JIIO point, strength against time.
 
 Everything after ``--`` goes to the bench unchanged. Writes ``OUT.json`` (the bench's JSON
 plus the front's sweep rows) and ``OUT.png``.
+
+The baselines are the bench's: the paper's cold PGD (Adam) and the strong warm ones at every
+step size of the grid; every front configuration is put against the fastest of them that
+reaches its strength (``fastest``, by CE, margin loss and accuracy; by loss for latent).
+When the sweep stored its own baseline reference (``sweeps/solver.py``, the same baselines
+run once on the trials' batches), each front row also gets ``sweep_vs_fastest``: the fastest
+baseline reaching its sweep ``inner_objective`` and that baseline's time over the trial's
+``solve_s`` (the sweep's own timings, no interval).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
+from orchestrator.bench.reference import fastest_to  # noqa: E402
 from orchestrator.bench.report import _finite, _render  # noqa: E402
 from orchestrator.results import ResultStore  # noqa: E402
 
@@ -64,6 +73,17 @@ def spec(row: dict[str, Any]) -> str:
     return ",".join(parts)
 
 
+def _reference(results: str, name: str) -> dict[str, Any] | None:
+    """The sweep's stored baseline reference, or None (no file, or a sweep from before it)."""
+    from orchestrator.bench.reference import reference_path
+    from orchestrator.solve_trial import load_bytes
+
+    try:
+        return json.loads(load_bytes(reference_path(results, name)))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     bench_args = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -92,17 +112,36 @@ def main(argv: list[str] | None = None) -> int:
         out = parsed.bench_run(parsed)
     except BenchInputError as err:
         raise SystemExit(f"solver_front: {err}") from None
-    out["front"] = [
-        {**r, "label": f"front-{r['trial_id']}", "jiio_config": s} for r, s in zip(rows, specs, strict=True)
-    ]
+    ref = _reference(args.results, args.name)
+    out["front"] = []
+    for r, s in zip(rows, specs, strict=True):
+        label = f"front-{r['trial_id']}"
+        fastest = {
+            m: {k: f[k] for k in ("baseline", "step", "ratio", "range", "lower_bound")}
+            for m, f in out["versus"][label]["fastest"].items()
+        }
+        row = {**r, "label": label, "jiio_config": s, "fastest": fastest}
+        if ref is not None:
+            hit = fastest_to(ref, float(r["inner_objective"]))
+            row["sweep_vs_fastest"] = (
+                None if hit is None else {**hit, "ratio": hit["seconds"] / float(r["solve_s"])}
+            )
+        out["front"].append(row)
+    out["sweep_reference"] = ref is not None
     out["sweep"] = {"results": args.results, "name": args.name}
     with open(f"{args.out}.json", "w") as fh:
         json.dump(_finite(out), fh, allow_nan=False)
     print(_render(out))
     for r in out["front"]:
+        sweep = r.get("sweep_vs_fastest")
+        vs = (
+            f"; sweep's fastest baseline to it: {sweep['baseline']}@{sweep['step']}, {sweep['ratio']:.2f}x"
+            if sweep
+            else ""
+        )
         print(
             f"{r['label']}: {r['jiio_config']} (sweep: inner_objective {r['inner_objective']:.4g}, "
-            f"solve_s {r['solve_s']:.3g})"
+            f"solve_s {r['solve_s']:.3g}{vs})"
         )
     print(f"wrote {args.out}.json and {args.out}.png")
     return 0

@@ -67,6 +67,12 @@ def test_front_rows_run_as_labelled_variants(tmp_path, capsys):
         _row("c", 3.0, max_iter=5, init="zero", anderson_type="II"),
     ]
     store.write("pareto", "s", "front", rows)
+    # the sweep's stored baseline reference (sweeps/solver.py): mean -CE and time per step
+    ref = {
+        "baselines": {"pgd-x": {"seconds": [0.0, 0.5, 2.5, 6.0], "inner_objective": [0.0, -1.0, -2.0, -3.0]}}
+    }
+    (tmp_path / "results" / "baselines").mkdir()
+    (tmp_path / "results" / "baselines" / "s.json").write_text(json.dumps(ref))
     mod = _module()
     out = tmp_path / "fig" / "front"
     bench = [
@@ -94,6 +100,23 @@ def test_front_rows_run_as_labelled_variants(tmp_path, capsys):
         fields = {k: src[k] for k in mod.SEARCHED}
         assert by[f["label"]]["jiio_config"] == base.replace(**fields).to_dict()
         assert f["label"] in data["versus"]
+        # against the fastest baseline that reaches it, as the bench reports it
+        assert f["fastest"]["loss"]["baseline"] == data["versus"][f["label"]]["fastest"]["loss"]["baseline"]
+        assert set(f["fastest"]) == {"loss", "margin", "accuracy"}
+    # the sweep's own estimate: a (-1.0, 1 s) reached at step 1 (0.5 s), c (-3.0, 3 s) at step 3 (6 s)
+    assert data["sweep_reference"] is True
+    assert data["front"][0]["sweep_vs_fastest"] == {
+        "baseline": "pgd-x",
+        "step": 1,
+        "seconds": 0.5,
+        "ratio": 0.5,
+    }
+    assert data["front"][1]["sweep_vs_fastest"] == {
+        "baseline": "pgd-x",
+        "step": 3,
+        "seconds": 6.0,
+        "ratio": 2.0,
+    }
     assert "front-a" in capsys.readouterr().out
 
 
