@@ -45,6 +45,7 @@ from orchestrator.sweep_state import (
     check_resume,
     driver_row,
     finish_compaction,
+    missing_seeds,
     plan_run,
     quarantine_incomplete,
     record_pareto,
@@ -54,7 +55,15 @@ from orchestrator.sweep_state import (
 from orchestrator.trainable import run_trial, trial_id_of
 from orchestrator.trial_meta import SweepMeta, make_trial_id
 
-__all__ = ["Dim", "SweepConfig", "SweepExistsError", "SweepOutcome", "run_sweep"]
+__all__ = [
+    "Dim",
+    "SweepConfig",
+    "SweepExistsError",
+    "SweepOutcome",
+    "reopen_best_pruned",
+    "run_sweep",
+    "trial_epochs",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
@@ -96,6 +105,18 @@ class SweepConfig:
     address: str | None = None
     resume_command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1  # training seeds per configuration (replicates; the same seeds for every one)
+
+    @property
+    def runs(self) -> int:
+        """Trials to finish: one per (configuration, seed)."""
+        return self.trials * self.seeds
+
+    def seed_list(self) -> tuple[int, ...]:
+        """The training seeds every configuration runs with: ``seeds`` consecutive ones from
+        the sweep's training seed (``fixed["seed"]``, else ``seed``)."""
+        base = int(self.fixed.get("seed", self.seed) or 0)
+        return tuple(base + i for i in range(self.seeds))
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -125,6 +146,14 @@ class SweepConfig:
             raise ValueError(f"workers_per_trial must be an integer >= 1, got {self.workers_per_trial!r}")
         if self.workers_per_trial > 1 and self.kind != "train":
             raise ValueError("workers_per_trial > 1 (data-parallel trials) is for training sweeps only")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise ValueError(f"seeds must be an integer >= 1, got {self.seeds!r}")
+        if self.seeds > 1 and self.kind != "train":
+            raise ValueError("seeds > 1 is for training sweeps (a solve sweep evaluates one trained model)")
+        if self.seeds > 1 and "seed" in self.space:
+            raise ValueError(
+                "seeds > 1 replicates every configuration over training seeds: 'seed' cannot also be searched"
+            )
         if self.scheduler not in ("asha", "fifo"):
             raise ValueError(f"scheduler must be 'asha' or 'fifo', got {self.scheduler!r}")
         if self.scheduler == "asha" and len(self.metrics) > 1:
@@ -141,6 +170,31 @@ class SweepOutcome:
     completed: int = 0
     errors: int = 0
     first_error: str | None = None
+    pruned: int = 0
+    epochs: int = 1  # what every trial trains (ASHA's max_t)
+
+
+def trial_epochs(cfg: SweepConfig) -> int:
+    """The epochs a trial of ``cfg`` trains, hence ASHA's ``max_t``: from the configuration a
+    trial resolves (``TaskConfig.from_flat`` of the fixed settings and a point of the space,
+    as ``trainable.run_trial`` does), so a setting left to ``TaskConfig``'s default counts as
+    that default. A searched ``epochs`` gives its largest value.
+
+    Example:
+        >>> cfg = SweepConfig("s", {"alpha_x": Dim("loguniform", 0.1, 1.0)}, ("robust_acc",), ("max",),
+        ...                   fixed={"task": "adversarial"}, data={})
+        >>> trial_epochs(cfg)  # TaskConfig's default: no ``epochs`` among the fixed settings
+        2
+    """
+    from orchestrator.tasks import TaskConfig
+
+    if "epochs" in cfg.space:
+        d = cfg.space["epochs"]
+        return int(max(d.choices) if d.kind == "choice" else d.high)
+    point = dict(cfg.enqueue[0]) if cfg.enqueue else {}
+    for k, d in cfg.space.items():
+        point.setdefault(k, d.choices[0] if d.kind == "choice" else d.low)
+    return int(TaskConfig.from_flat({**cfg.fixed, **point}).epochs)
 
 
 def _concurrency(cfg: SweepConfig) -> int:
@@ -156,10 +210,10 @@ def _concurrency(cfg: SweepConfig) -> int:
     if cfg.gpus_per_trial > 0:
         if res.get("GPU", 0) < cfg.gpus_per_trial:
             print(
-                f"no GPU in the cluster yet: assuming it autoscales; up to {cfg.trials} trials at once "
+                f"no GPU in the cluster yet: assuming it autoscales; up to {cfg.runs} trials at once "
                 "(set --max-concurrent to bound it)"
             )
-            return cfg.trials
+            return cfg.runs
         slots = math.floor(res.get("GPU", 0) / cfg.gpus_per_trial)
     return max(1, slots)
 
@@ -189,12 +243,14 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
         )
     if cfg.resume:
         check_resume(store, cfg)
+        if reopen_best_pruned(store, cfg, trials, records):
+            trials = store.read("trials", cfg.name)
     plan = plan_run(trials, records, tuple(cfg.space))
-    remaining = cfg.trials - len(plan.finished)
+    if cfg.seeds > 1:
+        plan.missing = missing_seeds(plan, tuple(cfg.space), cfg.seed_list())
+    remaining = cfg.runs - len(plan.finished)
     if remaining <= 0:
-        print(
-            f"sweep {cfg.name}: {len(plan.finished)} of {cfg.trials} trials already finished; nothing to run"
-        )
+        print(f"sweep {cfg.name}: {len(plan.finished)} of {cfg.runs} trials already finished; nothing to run")
         return _outcome(store, cfg, 0, False)
     resume = plan.resume[:remaining]
     fresh = not len(trials) and not records
@@ -203,9 +259,15 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
         retried = f" ({len(plan.retried)} errored, retried)" if plan.retried else ""
         print(
             f"sweep {cfg.name}: {len(plan.finished)} finished, {len(resume)} to continue{retried}, "
-            f"{remaining - len(resume)} new (target {cfg.trials})"
+            f"{remaining - len(resume)} new (target {cfg.runs})"
         )
-    write_meta(store, cfg, [make_trial_id(cfg.name, dict(p)) for p in cfg.enqueue])
+    seeds = cfg.seed_list() if cfg.seeds > 1 else (None,)  # a replicated run's id hashes its seed too
+    paper_ids = [
+        make_trial_id(cfg.name, dict(p) if s is None else {**p, "seed": s})
+        for p in cfg.enqueue
+        for s in seeds
+    ]
+    write_meta(store, cfg, paper_ids)
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
     marker = check_shared(cfg.storage, store.base, cfg.name)  # every node must see local storage
@@ -248,7 +310,7 @@ def _run_tuner(
             metric=cfg.metrics[0],
             mode=cfg.modes[0],
             time_attr="epoch",
-            max_t=max(1, int(cfg.fixed.get("epochs", 1))),
+            max_t=trial_epochs(cfg),
             grace_period=1,
             reduction_factor=2,
         )
@@ -269,13 +331,15 @@ def _run_tuner(
         {**plan.started, **{t: p for t, p in plan.resume[remaining:]}},
         enqueue,
         _concurrency(cfg),
+        seeds=cfg.seed_list() if cfg.seeds > 1 else (),
+        missing=plan.missing,
     )
     console = None
     if not cfg.verbose:
         from orchestrator.console import SweepConsole
 
         console = SweepConsole(
-            cfg.name, cfg.trials, len(plan.finished), cfg.metrics[0], cfg.modes[0], tuple(cfg.space)
+            cfg.name, cfg.runs, len(plan.finished), cfg.metrics[0], cfg.modes[0], tuple(cfg.space)
         )
     tuner = tune.Tuner(
         trainable,
@@ -310,20 +374,65 @@ def _outcome(store: ResultStore, cfg: SweepConfig, ran: int, interrupted: bool) 
     after = store.read("trials", cfg.name)
     n_done = int(after["status"].isin(FINISHED).sum()) if len(after) else 0
     completed = int((after["status"] == "completed").sum()) if len(after) else 0
+    pruned = int((after["status"] == "pruned").sum()) if len(after) else 0
     errors = after[after["status"] == "error"] if len(after) else after
     first = None
     if len(errors):
         row = errors.iloc[0]
         msg = str(row.get("error") or "").strip().splitlines()
         first = f"trial {row['trial_id']}: {msg[-1] if msg else 'unknown error'}"
-    interrupted = interrupted or n_done < cfg.trials
+    interrupted = interrupted or n_done < cfg.runs
     if interrupted:
         print(
-            f"\nsweep {cfg.name} stopped with {n_done} of {cfg.trials} trials finished; nothing is lost. "
+            f"\nsweep {cfg.name} stopped with {n_done} of {cfg.runs} trials finished; nothing is lost. "
             f"Resume with:\n  {cfg.resume_command or 'the same command with --resume'}",
             file=sys.stderr,
         )
-    return SweepOutcome(n_done, cfg.trials, ran, interrupted, cfg.storage, completed, len(errors), first)
+    return SweepOutcome(
+        n_done,
+        cfg.runs,
+        ran,
+        interrupted,
+        cfg.storage,
+        completed,
+        len(errors),
+        first,
+        pruned,
+        trial_epochs(cfg),
+    )
+
+
+def reopen_best_pruned(
+    store: ResultStore, cfg: SweepConfig, trials, records: dict[str, dict[str, Any]]
+) -> str | None:
+    """A sweep none of whose trials completed but some were pruned has no answer: reopen
+    the pruned trial with the best objective at its last rung, so that this resume runs it
+    to its last epoch (from the start: a pruned trial's checkpoint is gone). Its pruned row
+    moves to ``corrupt/`` with the reason (kept, not lost); its record turns ``running``,
+    so :func:`plan_run` continues it under the same ``trial_id`` (no trial is added, rows
+    are keyed, so none is duplicated). Returns the reopened id, or None.
+    """
+    if not len(trials) or (trials["status"] == "completed").any():
+        return None
+    metric, mode = cfg.metrics[0], cfg.modes[0]
+    pruned = trials[(trials["status"] == "pruned") & trials["trial_id"].isin(list(records))]
+    if not len(pruned) or metric not in pruned:
+        return None
+    values = pruned[metric].astype(float).fillna(-math.inf if mode == "max" else math.inf)
+    best = pruned.loc[values.idxmax() if mode == "max" else values.idxmin()]
+    tid = str(best["trial_id"])
+    store.quarantine(
+        f"{store.base}/trials/sweep={cfg.name}/{tid}.parquet",
+        "sweep had no completed trial; this pruned trial was reopened by --resume to run to its last epoch",
+    )
+    record = records[tid]
+    record.update(state="running", reopened_from="pruned")
+    store.write_record(cfg.name, tid, record)
+    print(
+        f"sweep {cfg.name}: no trial completed, every finished one was pruned; reopening the best pruned "
+        f"trial {tid} ({metric} {float(best[metric]):.4g} at epoch {best.get('epoch')}) to run to its end"
+    )
+    return tid
 
 
 def _pruning_asha(store: ResultStore, cfg: SweepConfig, writes: DriverWrites | None = None):
@@ -346,7 +455,7 @@ def _pruning_asha(store: ResultStore, cfg: SweepConfig, writes: DriverWrites | N
             action = super().on_trial_result(tune_controller, trial, result)
             if action == TrialScheduler.STOP and not result.get("final"):
                 tid = trial_id_of(trial.config, cfg.name, searched)
-                params = {k: trial.config[k] for k in searched}
+                params = _run_params(trial.config, searched)
                 args = (store, cfg, tid, params, "pruned", dict(result), None)  # a copy: Tune reuses result
                 if writes is None:
                     driver_row(*args)
@@ -379,7 +488,7 @@ def _record_failed(store: ResultStore, cfg: SweepConfig, grid) -> None:
         if "trial_id" not in (result.config or {}) and not all(k in (result.config or {}) for k in cfg.space):
             continue
         tid = trial_id_of(result.config, cfg.name, tuple(cfg.space))
-        params = {k: result.config[k] for k in cfg.space if k in result.config}
+        params = _run_params(result.config, tuple(cfg.space))
         last = result.metrics or {}
         if status.get(tid, "error") != "error":
             continue  # the trial wrote its own row: it stays as it is
@@ -387,6 +496,15 @@ def _record_failed(store: ResultStore, cfg: SweepConfig, grid) -> None:
             driver_row(store, cfg, tid, params, "error", last, str(result.error))
         elif tid not in status and last.get("final"):  # it finished, but its own row is missing
             driver_row(store, cfg, tid, params, str(last.get("status", "completed")), last, None)
+
+
+def _run_params(config: dict[str, Any], searched: tuple[str, ...]) -> dict[str, Any]:
+    """A run's parameters from its Tune config: the searched ones, and the seed of a
+    replicated sweep's run (the driver's rows then carry the seed the run trained with)."""
+    params = {k: config[k] for k in searched if k in config}
+    if "seed" in config and "seed" not in params:
+        params["seed"] = int(config["seed"])
+    return params
 
 
 def resume_command(argv: list[str]) -> str:

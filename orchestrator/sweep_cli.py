@@ -24,7 +24,7 @@ from orchestrator.lock import SweepLockedError
 from orchestrator.sweep import Dim, SweepConfig, SweepExistsError, resume_command, run_sweep
 from orchestrator.tasks import TASKS, TaskConfig
 
-__all__ = ["SweepSpec", "main", "paper_jiio", "task_objective"]
+__all__ = ["SweepSpec", "configure", "main", "paper_jiio", "task_objective"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,13 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
     p.add_argument("--model-size", choices=("tiny", "paper"), default=None)
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument(
+        "--seeds",
+        type=_number(int, 1),
+        default=1,
+        help="training seeds per configuration, the same for every configuration (--seed, --seed+1, ...); "
+        "--trials counts configurations (default 1: intervals then cover evaluation noise only)",
+    )
+    p.add_argument(
         "--address", default=None, help="Ray address (default: a running cluster, else a local one)"
     )
     p.add_argument("--no-reuse-actors", action="store_true", help="start a fresh actor for every trial")
@@ -211,10 +218,35 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: s
         parser.error(
             f"--storage {args.storage!r} is a file: pass a directory (created if missing) or s3://..."
         )
+    if (
+        "://" not in args.storage
+        and not os.path.isabs(os.path.expanduser(args.storage))
+        and _in_job_working_dir()
+    ):
+        parser.error(
+            f"--storage {args.storage!r} is relative, and this Ray job runs in Ray's temporary copy of its "
+            f"working_dir ({os.getcwd()}), which Ray deletes: pass --storage s3://BUCKET/PREFIX, or an "
+            "absolute directory that every node mounts"
+        )
 
 
-def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _in_job_working_dir() -> bool:
+    """Whether this is the entrypoint of a Ray job submitted with a ``working_dir`` (the job
+    supervisor passes the job's runtime env in ``RAY_JOB_CONFIG_JSON_ENV_VAR``)."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return False
+    return bool(isinstance(job, dict) and (job.get("runtime_env") or {}).get("working_dir"))
+
+
+def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, SweepConfig]:
+    """The parsed flags and the :class:`SweepConfig` that ``main`` runs for ``argv`` (before
+    the script's ``prepare``): every default resolved (flag, cluster setting, built-in), every
+    check done; a bad flag exits with code 2 and one line. Starts Ray only to count the
+    cluster's GPUs when ``--gpus-per-trial`` is neither given nor set by the cluster."""
     parser = _parser(spec)
     spec.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -241,12 +273,12 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             "gpus_per_trial=None (default)",
             f"gpus_per_trial={gpus!r} (default: {'' if gpus else 'no '}GPU in Ray)",
         )
-    print(args._settings_line, flush=True)
     workers = args.workers_per_trial
     if gpus >= 2 and workers == 1:
         workers = int(gpus)  # whole GPUs above one: one data-parallel worker per GPU
+    args._script = script
     try:
-        cfg = SweepConfig(
+        return args, SweepConfig(
             name=name,
             space=space,
             metrics=metrics,
@@ -258,6 +290,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             enqueue=enqueue,
             seed=args.seed,
             resume=args.resume,
+            seeds=args.seeds,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=gpus,
             workers_per_trial=workers,
@@ -269,6 +302,16 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
             verbose=args.verbose,
             resume_command=_resume_hint(args, script, argv),
         )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, cfg = configure(spec, argv)
+    print(args._settings_line, flush=True)
+    name, fixed, data, script = cfg.name, cfg.fixed, cfg.data, args._script
+    try:
         cfg = dataclasses.replace(cfg, **spec.prepare(args, fixed, data, name))
         outcome = run_sweep(cfg)
     except (SweepExistsError, SweepLockedError, ValueError, FileNotFoundError) as exc:
@@ -295,6 +338,15 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     if outcome.errors and not outcome.completed:
         print(
             f"error: no trial of sweep {name} completed; fix the error above, then --resume", file=sys.stderr
+        )
+        return 1
+    if not outcome.completed and outcome.pruned and not outcome.interrupted:
+        print(
+            f"error: no trial of sweep {name} completed: {outcome.pruned} of {outcome.finished} were pruned "
+            f"by ASHA before their last epoch ({outcome.epochs}), so there is no best configuration and no "
+            f"analysis. Run the best pruned trial to its end with:\n  {_resume_hint(args, script, argv)}\n"
+            "(or start a new sweep with more --trials, or --no-early-stop)",
+            file=sys.stderr,
         )
         return 1
     return 1 if outcome.interrupted else 0

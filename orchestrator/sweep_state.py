@@ -31,6 +31,7 @@ __all__ = [
     "driver_row",
     "finish_compaction",
     "identity",
+    "missing_seeds",
     "plan_run",
     "quarantine_incomplete",
     "record_pareto",
@@ -40,7 +41,7 @@ __all__ = [
 
 FINISHED = ("completed", "diverged", "pruned", "error")
 ERROR_ROUNDS = 3  # runs of the driver (the first and two resumes) an erroring trial gets
-_IDENTITY = ("kind", "metrics", "modes", "space", "fixed", "data", "checkpoint")
+_IDENTITY = ("kind", "metrics", "modes", "space", "fixed", "data", "checkpoint", "seeds")
 
 
 def identity(cfg) -> dict[str, Any]:
@@ -53,6 +54,7 @@ def identity(cfg) -> dict[str, Any]:
         "fixed": cfg.fixed,
         "data": cfg.data,
         "checkpoint": cfg.checkpoint,
+        "seeds": list(cfg.seed_list()),
     }
     return json.loads(json.dumps(raw, default=repr))
 
@@ -108,6 +110,9 @@ class Plan:
     resume: list[tuple[str, dict[str, Any]]]  # (trial_id, params) to continue, in order
     started: dict[str, dict[str, Any]]  # every other trial ever started: id -> params
     retried: list[str] = field(default_factory=list)  # errored trials given another round
+    missing: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # replicated: (config, seed) runs never started
 
 
 def _retryable(record: dict[str, Any]) -> bool:
@@ -145,6 +150,38 @@ def plan_run(trials: pd.DataFrame, records: dict[str, dict[str, Any]], searched:
         resume.append((t, records[t]["params"]))
         started.pop(t, None)
     return Plan(done, resume, started, retried)
+
+
+def missing_seeds(plan: Plan, searched: tuple[str, ...], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The runs a replicated sweep's started configurations still lack: for every
+    configuration with some seed finished, continuing or started, the parameters with each
+    seed of ``seeds`` it has not run (in the order the configurations first appear), so a
+    driver killed between a configuration's first seed and its replicas loses none.
+
+    Example:
+        >>> import pandas as pd
+        >>> done = pd.DataFrame([{"trial_id": "a", "status": "completed", "alpha_x": 0.1, "seed": 0}])
+        >>> missing_seeds(Plan(done, [("b", {"alpha_x": 0.2, "seed": 1})], {}), ("alpha_x",), (0, 1))
+        [{'alpha_x': 0.1, 'seed': 1}, {'alpha_x': 0.2, 'seed': 0}]
+    """
+    seen: dict[tuple, set[int]] = {}
+    params: dict[tuple, dict[str, Any]] = {}
+
+    def add(p: dict[str, Any]) -> None:
+        key = tuple(_native(p.get(k)) for k in searched)
+        params.setdefault(key, {k: _native(p.get(k)) for k in searched})
+        if p.get("seed") is not None:
+            seen.setdefault(key, set()).add(int(_native(p["seed"])))
+        else:
+            seen.setdefault(key, set())
+
+    for _, row in plan.finished.iterrows():
+        add(row.to_dict())
+    for _, p in plan.resume:
+        add(p)
+    for p in plan.started.values():
+        add(p)
+    return [{**params[key], "seed": s} for key in params for s in seeds if s not in seen[key]]
 
 
 def sync_records(
@@ -188,7 +225,7 @@ def driver_row(
         **params,
         "task": cfg.fixed.get("task"),
         "dataset": cfg.data.get("dataset"),
-        "seed": cfg.fixed.get("seed", 0),
+        "seed": params.get("seed", cfg.fixed.get("seed", 0)),
         **{m: last.get(m) for m in cfg.metrics},
         # sample counts behind the metrics (eval_n, or a metric's own <metric>_n), as reported
         **{k: v for k, v in last.items() if (k == "eval_n" or k.endswith("_n")) and type(v) is int},

@@ -62,6 +62,8 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     from ray import tune
 
     params = {k: config[k] for k in meta.searched}
+    if "seed" in config and "seed" not in params:  # one seed of a replicated sweep's configuration
+        params["seed"] = int(config["seed"])
     trial_id = trial_id_of(config, meta.name, meta.searched)
     assert_marker(meta.storage, meta.extra.get("storage_marker"))  # a node that cannot see the results
     store = ResultStore(meta.storage)
@@ -126,7 +128,7 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
         "status": status,
         "task": meta.fixed.get("task"),
         "dataset": meta.data.get("dataset"),
-        "seed": meta.fixed.get("seed", 0),
+        "seed": task_cfg.seed,
         **params,  # the trial's configuration wins over a same-named metric
         "wall_s": wall,
         "attempts": record["attempts"],

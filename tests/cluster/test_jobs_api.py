@@ -23,7 +23,8 @@ and mount namespaces (``ray stop`` ends every Ray process a user can signal; see
 dashboard and token authentication, a second node ``ray start --address=...`` with 2
 CPUs (so every trial runs on it), ``ray job submit`` from the repository root of a
 2-trial smoke sweep whose ``--storage`` is an absolute directory both nodes see, then a
-1-trial sweep with the default ``--storage`` to show where its rows land. Run it with
+1-trial sweep with the default ``--storage``, which the sweep refuses (it would land in
+the package copy). Run it with
 ``pytest -m slow tests/cluster/test_jobs_api.py -s`` (needs root and ``unshare``; prints
 each step's time).
 """
@@ -205,13 +206,17 @@ def test_job_runs_the_sweep_on_the_second_node(jobs_run):
 
 
 @pytest.mark.slow
-def test_default_storage_lands_in_the_jobs_package_copy(jobs_run):
-    """``--storage results`` (the default) under a job: the rows go to Ray's unpacked
-    package, a temporary directory; a user must pass an absolute path or a bucket."""
+def test_default_storage_under_a_job_is_refused_before_any_trial(jobs_run):
+    """``--storage results`` (the default) under a job would land in Ray's unpacked
+    package, a temporary directory Ray deletes: the sweep refuses it in one line that
+    names the copy and what to pass instead, before any trial runs."""
     d = jobs_run["default_storage"]
-    assert d["status"] == "SUCCEEDED", d
-    assert "/runtime_resources/working_dir_files/_ray_pkg_" in d["results_path"], d
-    assert d["results_path"].endswith("/results"), d
+    assert d["status"] == "FAILED", d
+    assert (
+        "is relative, and this Ray job runs in Ray's temporary copy of its working_dir" in d["logs_tail"]
+    ), d
+    assert "/runtime_resources/working_dir_files/_ray_pkg_" in d["logs_tail"], d
+    assert not d["results_path"], d  # no "Parquet results:" line: nothing ran
 
 
 # --- the run inside the namespaces (this file as a script) -------------------------------

@@ -103,11 +103,15 @@ def _wait(cond, proc, log, limit=300):
 
 
 @pytest.mark.slow
-def test_five_sigkills_at_random_moments_then_resume_gives_exactly_n_trials(tmp_path):
-    n, name = 6, "kills"
+@pytest.mark.parametrize("seeds", [1, 2], ids=["one-seed", "seeded"])
+def test_five_sigkills_at_random_moments_then_resume_gives_exactly_n_trials(tmp_path, seeds):
+    """With ``--seeds 2`` a trial is one (configuration, seed) run: 3 configurations give
+    exactly 6 runs, every configuration under both seeds, none twice."""
+    configs, name = 6 // seeds, "kills"
+    n = configs * seeds
     store = ResultStore(str(tmp_path))
     rng = random.Random(int(os.environ.get("JIIO_KILL_SEED", "7")))
-    extra = ("--trials", str(n), "--epochs", "3", "--max-concurrent", "2")
+    extra = ("--trials", str(configs), "--epochs", "3", "--max-concurrent", "2", "--seeds", str(seeds))
     moments = [
         (
             "before any trial finished",
@@ -149,6 +153,8 @@ def test_five_sigkills_at_random_moments_then_resume_gives_exactly_n_trials(tmp_
     assert kills >= 5, f"only {kills} kills landed while the sweep ran"
     trials = _check(store, name, n, kept)
     assert (trials["attempts"] >= 1).all()
+    runs = trials.groupby(["alpha_z", "alpha_mu", "alpha_x"])["seed"].apply(sorted)
+    assert len(runs) == configs and all(r == list(range(seeds)) for r in runs), runs
 
 
 @pytest.mark.slow

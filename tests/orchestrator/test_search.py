@@ -94,3 +94,85 @@ def test_real_tpe_reseeded_as_after_a_kill_proposes_fresh_points():
     assert len(set(ids)) == 8
     points = [tuple(g[n] for n in space) for g in got[2:]]
     assert not set(points) & {tuple(k[n] for n in space) for k in killed}
+
+
+class Recording(Scripted):
+    """Also keeps the results the inner searcher is told."""
+
+    def __init__(self, points):
+        super().__init__(points)
+        self.results: dict[str, dict | None] = {}
+
+    def on_trial_complete(self, tid, result=None, error=False):
+        super().on_trial_complete(tid, result, error)
+        self.results[tid] = result
+
+
+def test_seeds_replicate_every_configuration_and_the_searcher_is_told_their_mean():
+    """--seeds 3: each proposed configuration runs under seeds 5, 6, 7 (the first as its
+    trial, the others right after); ids hash the seed; the searcher hears one result per
+    configuration, the mean over its seeds, once the last seed finished (an errored seed
+    is left out of the mean), and a configuration already started is declined as before."""
+    started = {make_trial_id("s", {**p(0.9), "seed": 5}): {**p(0.9), "seed": 5}}
+    inner = Recording([p(0.1), p(0.9), p(0.2)])
+    u = UniqueTrials(inner, "s", ("alpha_x",), resume=[], started=started, seeds=(5, 6, 7))
+    got = [u.suggest(f"t{i}") for i in range(6)]
+    assert [(g["alpha_x"], g["seed"]) for g in got] == [
+        (0.1, 5),
+        (0.1, 6),
+        (0.1, 7),
+        (0.2, 5),
+        (0.2, 6),
+        (0.2, 7),
+    ]
+    assert [g["trial_id"] for g in got] == [
+        make_trial_id("s", {**p(x), "seed": s}) for x in (0.1, 0.2) for s in (5, 6, 7)
+    ]
+    assert u.declined == 1  # 0.9 was started before
+    u.on_trial_complete("t1", {"acc": 0.5})
+    u.on_trial_complete("t0", {"acc": 0.2})
+    assert "t0" not in inner.results  # a seed is still running
+    u.on_trial_complete("t2", {"acc": 0.8})
+    assert inner.results["t0"] == {"acc": pytest.approx(0.5)}
+    u.on_trial_complete("t3", {"acc": 0.4})
+    u.on_trial_complete("t4", None, error=True)
+    u.on_trial_complete("t5", {"acc": 0.6})
+    assert inner.results["t3~1"] == {"acc": pytest.approx(0.5)}  # the errored seed left out
+
+
+def test_a_replicated_resume_issues_unfinished_runs_and_missing_seeds_first():
+    a = make_trial_id("s", {**p(0.1), "seed": 0})
+    inner = Recording([p(0.3)])
+    u = UniqueTrials(
+        inner,
+        "s",
+        ("alpha_x",),
+        resume=[(a, {**p(0.1), "seed": 0})],
+        started={},
+        seeds=(0, 1),
+        queue=[(a, {**p(0.1), "seed": 0}), (None, {**p(0.1), "seed": 1})],
+    )
+    got = [u.suggest(f"t{i}") for i in range(4)]
+    assert [(g["trial_id"], g["alpha_x"], g["seed"]) for g in got[:2]] == [
+        (a, 0.1, 0),
+        (make_trial_id("s", {**p(0.1), "seed": 1}), 0.1, 1),
+    ]
+    assert [(g["alpha_x"], g["seed"]) for g in got[2:]] == [(0.3, 0), (0.3, 1)]
+    u.on_trial_complete("t0", {"acc": 1.0})
+    u.on_trial_complete("t1", {"acc": 1.0})
+    assert inner.results == {}  # a resumed configuration has no inner trial to tell
+
+
+def test_missing_seeds_of_started_configurations():
+    from orchestrator.sweep_state import Plan, missing_seeds
+
+    done = pd.DataFrame(
+        [
+            {"trial_id": "a", "status": "completed", "alpha_x": 0.1, "seed": 0},
+            {"trial_id": "b", "status": "pruned", "alpha_x": 0.1, "seed": 1},
+            {"trial_id": "c", "status": "completed", "alpha_x": 0.2, "seed": 1},
+        ]
+    )
+    plan = Plan(done, [("d", {"alpha_x": 0.3, "seed": 0})], {"e": {"alpha_x": 0.4, "seed": 0}})
+    got = missing_seeds(plan, ("alpha_x",), (0, 1))
+    assert got == [{"alpha_x": 0.2, "seed": 0}, {"alpha_x": 0.3, "seed": 1}, {"alpha_x": 0.4, "seed": 1}]
