@@ -226,8 +226,6 @@ def run_sweep(cfg: SweepConfig) -> SweepOutcome:
 
 
 def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
-    import ray
-
     removed = store.clean_tmp()
     if removed:
         print(f"removed {removed} leftover temporary files of an interrupted write", file=sys.stderr)
@@ -249,8 +247,15 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     if cfg.seeds > 1:
         plan.missing = missing_seeds(plan, tuple(cfg.space), cfg.seed_list())
     remaining = cfg.runs - len(plan.finished)
-    if remaining <= 0:
-        print(f"sweep {cfg.name}: {len(plan.finished)} of {cfg.runs} trials already finished; nothing to run")
+    if remaining < 0:
+        print(
+            f"sweep {cfg.name} already has {len(plan.finished)} finished trials; --trials {cfg.trials}"
+            f"{f' (x {cfg.seeds} seeds = {cfg.runs} runs)' if cfg.seeds > 1 else ''} is below that: "
+            "nothing to run; pass a larger --trials to extend"
+        )
+        return _outcome(store, cfg, 0, False)
+    if remaining == 0:
+        print(f"sweep {cfg.name}: all {cfg.runs} trials already finished; nothing to run")
         return _outcome(store, cfg, 0, False)
     resume = plan.resume[:remaining]
     fresh = not len(trials) and not records
@@ -268,6 +273,8 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
         for s in seeds
     ]
     write_meta(store, cfg, paper_ids)
+    import ray
+
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
     marker = check_shared(cfg.storage, store.base, cfg.name)  # every node must see local storage

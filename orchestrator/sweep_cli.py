@@ -93,7 +93,12 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, default="adversarial")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-root", default=None, help="directory of mnist/cifar10/celeba files")
-    p.add_argument("--trials", type=_number(int, 1), default=6, help="total trials of the sweep (default 6)")
+    p.add_argument(
+        "--trials",
+        type=_number(int, 1),
+        default=None,
+        help="total trials of the sweep (default 6; with --resume: the sweep's own)",
+    )
     p.add_argument(
         "--storage",
         default=None,
@@ -230,6 +235,23 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace, name: s
         )
 
 
+def _target_trials(args: argparse.Namespace, name: str) -> int:
+    """``--trials`` as given; else, on ``--resume``, the sweep's own target (its stored
+    ``meta``: configurations, as ``--trials`` counts them); else the default, 6."""
+    if args.trials is not None:
+        return args.trials
+    if args.resume:
+        from orchestrator.results import ResultStore
+
+        try:
+            stored = (ResultStore(args.storage).meta(name) or {}).get("trials")
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, int) and not isinstance(stored, bool) and stored >= 1:
+            return stored
+    return 6
+
+
 def _in_job_working_dir() -> bool:
     """Whether this is the entrypoint of a Ray job submitted with a ``working_dir`` (the job
     supervisor passes the job's runtime env in ``RAY_JOB_CONFIG_JSON_ENV_VAR``)."""
@@ -253,6 +275,7 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
     name = args.name or f"{spec.default_name}-{args.task}-{args.dataset}"
     _settings(parser, args)
     _validate(parser, args, name)
+    args.trials = _target_trials(args, name)
     space = spec.space(args.task)
     metrics, modes = spec.objective(args.task)
     data = {"dataset": args.dataset, "data_root": args.data_root, "seed": args.seed}
@@ -322,7 +345,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
     print(
-        f"\n{outcome.finished}/{outcome.requested} trials finished ({outcome.completed} completed). "
+        f"\n{outcome.finished}/{max(outcome.requested, outcome.finished)} trials finished ({outcome.completed} completed). "
         "Parquet results: "
         f"{where} (trials/, steps/, traces/ under sweep={name})"
     )

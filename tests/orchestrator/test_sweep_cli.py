@@ -180,3 +180,40 @@ def test_the_solver_sweeps_first_trial_is_exactly_the_papers_configuration():
     assert jiio.alpha_x_at(48) == 0.6 and jiio.alpha_x_at(49) == pytest.approx(0.2)
     short = jiio.replace(max_iter=40)  # a searched max_iter: the paper's rule, no drop before T
     assert short.alpha_x_at(39) == 0.6
+
+
+def test_a_plain_resume_counts_against_the_sweeps_own_target(tmp_path):
+    from orchestrator.results import ResultStore
+
+    name = "alpha-adversarial-digits"
+    store = ResultStore(str(tmp_path))
+    store.put(f"{store.base}/meta/sweep={name}/sweep.json", json.dumps({"name": name, "trials": 9}).encode())
+    args, cfg = sweep_cli.configure(
+        alpha.SPEC, ["--resume", "--storage", str(tmp_path), "--gpus-per-trial", "0"]
+    )
+    assert cfg.trials == 9 and cfg.runs == 9
+    _, cfg = sweep_cli.configure(
+        alpha.SPEC, ["--resume", "--storage", str(tmp_path), "--gpus-per-trial", "0", "--trials", "12"]
+    )
+    assert cfg.trials == 12
+    _, cfg = sweep_cli.configure(alpha.SPEC, ["--storage", str(tmp_path / "new"), "--gpus-per-trial", "0"])
+    assert cfg.trials == 6
+
+
+def test_resume_with_fewer_trials_than_finished_says_so(tmp_path, capsys):
+    from orchestrator.results import ResultStore
+    from orchestrator.sweep import _run_locked
+
+    name = "alpha-adversarial-digits"
+    store = ResultStore(str(tmp_path))
+    store.put(f"{store.base}/meta/sweep={name}/sweep.json", json.dumps({"name": name, "trials": 8}).encode())
+    for i in range(8):
+        store.write("trials", name, f"t{i}", [{"trial_id": f"t{i}", "status": "completed", "alpha_x": 0.1 + i}])
+    _, cfg = sweep_cli.configure(
+        alpha.SPEC, ["--resume", "--trials", "4", "--storage", str(tmp_path), "--gpus-per-trial", "0"]
+    )
+    outcome = _run_locked(cfg, store)
+    out = capsys.readouterr().out
+    assert "already has 8 finished trials; --trials 4 is below that: nothing to run" in out, out
+    assert "pass a larger --trials to extend" in out and "8 of 4" not in out
+    assert outcome.ran == 0 and not outcome.interrupted
