@@ -17,7 +17,29 @@ from ray.tune import Callback
 
 from orchestrator.stats import wilson_for
 
-__all__ = ["SweepConsole"]
+__all__ = ["SweepConsole", "best_finished"]
+
+
+def best_finished(rows, metric: str, mode: str, searched: tuple[str, ...]):
+    """The best completed row of ``rows`` (a trials DataFrame) as the console's ``best``:
+    ``(value, {trial_key, eval_n, searched params})``, or None."""
+    if rows is None or not len(rows) or metric not in rows or "status" not in rows:
+        return None
+    done = rows[rows["status"] == "completed"]
+    values = [
+        (float(v), i)
+        for i, v in zip(done.index, done[metric], strict=True)
+        if isinstance(v, (int, float)) and math.isfinite(v)
+    ]
+    if not values:
+        return None
+    value, i = max(values) if mode == "max" else min(values)
+    row = done.loc[i]
+    info = {k: row.get(k) for k in searched}
+    info["trial_key"] = row.get("trial_id", "?")
+    if "eval_n" in row and isinstance(row["eval_n"], (int, float)) and math.isfinite(row["eval_n"]):
+        info["eval_n"] = int(row["eval_n"])
+    return value, info
 
 
 def _clock(seconds: float) -> str:
@@ -40,6 +62,7 @@ class SweepConsole(Callback):
         mode: str,
         searched: tuple[str, ...],
         live: bool | None = None,
+        best: tuple[float, dict[str, Any]] | None = None,
     ) -> None:
         self.name, self.total, self.before = name, total, finished_before
         self.metric, self.mode, self.searched = metric, mode, searched
@@ -48,7 +71,8 @@ class SweepConsole(Callback):
         self.counts = {"completed": 0, "diverged": 0, "pruned": 0, "error": 0}
         self.running: set[str] = set()
         self.last: dict[str, dict[str, Any]] = {}
-        self.best: tuple[float, dict[str, Any]] | None = None
+        # The best so far: on a resume, seeded with the best of the trials finished before.
+        self.best: tuple[float, dict[str, Any]] | None = best
         self._live = None
         self._console = None
         self._drawn = 0.0

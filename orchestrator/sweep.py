@@ -343,10 +343,16 @@ def _run_tuner(
     )
     console = None
     if not cfg.verbose:
-        from orchestrator.console import SweepConsole
+        from orchestrator.console import SweepConsole, best_finished
 
         console = SweepConsole(
-            cfg.name, cfg.runs, len(plan.finished), cfg.metrics[0], cfg.modes[0], tuple(cfg.space)
+            cfg.name,
+            cfg.runs,
+            len(plan.finished),
+            cfg.metrics[0],
+            cfg.modes[0],
+            tuple(cfg.space),
+            best=best_finished(plan.finished, cfg.metrics[0], cfg.modes[0], tuple(cfg.space)),
         )
     tuner = tune.Tuner(
         trainable,

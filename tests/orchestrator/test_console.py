@@ -59,3 +59,27 @@ def test_the_console_survives_tunes_pickling():
     c.setup()
     back = pickle.loads(pickle.dumps(c))
     assert back.summary().startswith("sweep s: 1/5 done")
+
+
+def test_a_resumed_sweeps_best_covers_the_trials_finished_before():
+    import pandas as pd
+
+    from orchestrator.console import best_finished
+
+    before = pd.DataFrame(
+        [
+            {"trial_id": "old-1", "status": "completed", "robust_acc": 0.7, "alpha_x": 0.5, "eval_n": 128},
+            {"trial_id": "old-2", "status": "pruned", "robust_acc": 0.9, "alpha_x": 0.6},
+            {"trial_id": "old-3", "status": "completed", "robust_acc": 0.4, "alpha_x": 0.7},
+        ]
+    )
+    best = best_finished(before, "robust_acc", "max", ("alpha_x",))
+    c = SweepConsole("s", 5, 3, "robust_acc", "max", ("alpha_x",), live=False, best=best)
+    c._console = Console(file=io.StringIO(), width=80)
+    c.setup()
+    t = _trial("a", alpha_x=0.1)
+    c.on_trial_start(0, [], t)
+    c.on_trial_result(0, [], t, {"robust_acc": 0.5, "final": True, "status": "completed", "trial_key": "id-a"})
+    assert "best robust_acc 0.7" in c.summary() and "trial old-1: alpha_x=0.5" in c.summary()
+    c.on_trial_result(0, [], t, {"robust_acc": 0.8, "final": True, "status": "completed", "trial_key": "id-a"})
+    assert "best robust_acc 0.8" in c.summary()
