@@ -25,6 +25,11 @@ from orchestrator.analysis.summary import summarize
 __all__ = ["compare", "open_source", "run", "sql"]
 
 PROG = "jiio analyze"
+# The path is jiio analyze's (and confirm's) first argument, not a flag.
+_PATH_HINT = (
+    "give as the first argument the results directory (or s3:// / gs:// URI) the sweep wrote to, "
+    "its --storage (default: results)"
+)
 
 
 def open_source(path: str) -> Source:
@@ -36,7 +41,7 @@ def open_source(path: str) -> Source:
         info = store.fs.get_file_info(store.base)
     except (ValueError, OSError, pa.ArrowException) as exc:
         raise AnalyzeError(f"cannot open the storage {path!r}: {reason(exc)}") from None
-    hint = "pass the --storage directory (or s3:// / gs:// URI) the sweep wrote its results to"
+    hint = _PATH_HINT
     if info.type == pafs.FileType.NotFound:
         raise AnalyzeError(f"storage path {path} does not exist: {hint}")
     if info.type != pafs.FileType.Directory:
@@ -70,7 +75,7 @@ def _no_sweeps(src: Source, path: str, name: str | None) -> AnalyzeError:
     )
     return AnalyzeError(
         f"no results for sweep {name or '(any)'} under {path} (sweeps there: none; {there}): "
-        "pass the --storage directory the sweep wrote to"
+        f"{_PATH_HINT}"
     )
 
 

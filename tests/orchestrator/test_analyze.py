@@ -109,6 +109,8 @@ def test_jiio_analyze_command_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jiio analyze: error: storage path ")
     assert "does not exist" in err[0]
+    # analyze takes the path as its first argument: no "--storage" flag to pass to it
+    assert "pass the --storage" not in err[0] and "first argument" in err[0]
 
 
 # --- bad input: a clear message and an exit code, never a traceback (issue 7) -----------------
