@@ -33,6 +33,7 @@ import pandas as pd
 
 from orchestrator.analysis.report import confirm_text
 from orchestrator.analysis.seeds import confirm_summary
+from orchestrator.hints import jiio
 from orchestrator.results import ResultStore
 from orchestrator.search import Dim
 from orchestrator.sweep import SweepConfig, run_sweep
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         address=args.address,
         resume_command=(
-            f"jiio confirm {args.path} --name {args.name} --top {args.top} --seeds {args.seeds} --resume"
+            f"{jiio()} confirm {args.path} --name {args.name} --top {args.top} --seeds {args.seeds} --resume"
         ),
     )
     n = len(points) // args.seeds

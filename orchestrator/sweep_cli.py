@@ -351,7 +351,9 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     )
     if outcome.completed and not outcome.interrupted:
         _analysis(args.storage, name)
-    print(f"Analyse again (plots, --sql, --compare): jiio analyze {args.storage} --name {name}")
+    from orchestrator.hints import jiio
+
+    print(f"Analyse again (plots, --sql, --compare): {jiio()} analyze {args.storage} --name {name}")
     if outcome.errors:
         print(
             f"{outcome.errors} trial(s) ended in error; first: {outcome.first_error}. "

@@ -21,6 +21,7 @@ from orchestrator.analysis.engine import AnalyzeError, Source, reason
 from orchestrator.analysis.plots import plot_all
 from orchestrator.analysis.report import summary_text, write_html
 from orchestrator.analysis.summary import summarize
+from orchestrator.hints import jiio
 
 __all__ = ["compare", "open_source", "run", "sql"]
 
@@ -57,7 +58,7 @@ def _no_sweeps(src: Source, path: str, name: str | None) -> AnalyzeError:
         n = len(src.pending_ids(name))
         return AnalyzeError(
             f"sweep {name} under {path} has no finished trial yet ({n} started): "
-            "each trial writes its row to trials/ when it ends; run jiio analyze again then"
+            f"each trial writes its row to trials/ when it ends; run {jiio()} analyze again then"
         )
     if name and have:
         return AnalyzeError(f"no results for sweep {name} under {path} (sweeps there: {', '.join(have)})")
@@ -128,7 +129,7 @@ def _summaries(src: Source, path: str, sweeps: list[str]) -> list[dict[str, Any]
         raise AnalyzeError(
             f"nothing to analyse under {path} for sweep {', '.join(sweeps)}: no trial rows in trials/"
             + (f" ({started} trials started)" if started else "")
-            + "; each trial writes its row when it ends: run jiio analyze again once one has finished"
+            + f"; each trial writes its row when it ends: run {jiio()} analyze again once one has finished"
         )
     return summaries
 

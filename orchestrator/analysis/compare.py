@@ -7,6 +7,7 @@ from typing import Any
 
 from orchestrator.analysis.report import fmt
 from orchestrator.analysis.summary import Interval, PerSample, compare_values
+from orchestrator.hints import jiio
 
 __all__ = ["compare_summaries", "compare_text"]
 
@@ -74,7 +75,7 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             out["verdict"]["evaluation_only"] = True
             out["verdict"]["text"] += (
                 "; these intervals cover evaluation noise only (one training seed per configuration): "
-                "`jiio confirm` on each sweep measures what retraining moves"
+                f"`{jiio()} confirm` on each sweep measures what retraining moves"
             )
     return out
 

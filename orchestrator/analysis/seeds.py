@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.intervals import _PROPORTION, _aligned, _sample_columns, _samples, sample_key
+from orchestrator.hints import jiio
 from orchestrator.stats import (
     Components,
     proportion_variance,
@@ -77,7 +78,7 @@ def evaluation_only(root: str, sweep: str) -> str:
         "these intervals cover evaluation noise only (which held-out samples were scored): every "
         "configuration was trained with one seed, so what retraining with another seed moves is in "
         "none of them, and more samples cannot shrink it; "
-        f"`jiio confirm {root} --name {sweep} --top 3 --seeds 3` measures it"
+        f"`{jiio()} confirm {root} --name {sweep} --top 3 --seeds 3` measures it"
     )
 
 
@@ -326,7 +327,7 @@ def remedy(
     """
     if seeds < 2:
         return (
-            "one seed in common: no interval over seeds; run jiio confirm with --seeds 3 or more "
+            f"one seed in common: no interval over seeds; run {jiio()} confirm with --seeds 3 or more "
             "(the same seeds for both)"
         )
     if not math.isfinite(diff) or diff == 0:

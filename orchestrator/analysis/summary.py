@@ -51,6 +51,7 @@ from orchestrator.analysis.seeds import (
     multi_seed,
     seed_summary,
 )
+from orchestrator.hints import jiio
 
 __all__ = ["Interval", "PerSample", "compare_values", "objectives", "ranked", "status_of", "summarize"]
 
@@ -435,7 +436,7 @@ def _seeds(
                     if "n_needed" in verdict
                     else ""
                 )
-                + f": `jiio confirm {src.root} --name {sweep} --seeds 3` measures what retraining moves"
+                + f": `{jiio()} confirm {src.root} --name {sweep} --seeds 3` measures what retraining moves"
             )
         return
     rows = [r for r in section["configs"] if "vs_paper" in r]
