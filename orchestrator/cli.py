@@ -3,7 +3,8 @@
 ``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
 ``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
 scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`),
-``jiio train --out FILE`` (:mod:`orchestrator.train_cli`).
+``jiio train --out FILE`` (:mod:`orchestrator.train_cli`), ``jiio export optuna PATH --name
+NAME --to URL`` (:mod:`orchestrator.export`).
 Adding a sub-command is one entry in :data:`COMMANDS`: a help line, a function that adds
 its arguments to an ``argparse`` parser, and a function that runs it from the parsed
 namespace and returns the exit code.
@@ -156,6 +157,22 @@ def _confirm_run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    from orchestrator import export
+
+    export.add_arguments(parser)
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    from orchestrator import export
+
+    try:
+        return export.run(args)
+    except (ValueError, OSError) as err:  # ExportError, a storage that cannot be opened
+        first = str(err).strip().splitlines()
+        raise UsageError(first[0] if first else type(err).__name__) from None
+
+
 #: sub-command name -> (help, add_arguments, run). Imports happen inside the functions, so
 #: ``jiio --help`` stays fast and one command's dependencies never slow another down.
 COMMANDS: dict[str, Command] = {
@@ -179,6 +196,11 @@ COMMANDS: dict[str, Command] = {
         "re-run a sweep's top configurations and the paper's with new seeds; mean and spread",
         _confirm_arguments,
         _confirm_run,
+    ),
+    "export": Command(
+        "write a sweep elsewhere: `export optuna` makes it an Optuna study (optuna-dashboard)",
+        _export_arguments,
+        _export_run,
     ),
 }
 
