@@ -41,7 +41,8 @@ __all__ = [
 
 FINISHED = ("completed", "diverged", "pruned", "error")
 ERROR_ROUNDS = 3  # runs of the driver (the first and two resumes) an erroring trial gets
-_IDENTITY = ("kind", "metrics", "modes", "space", "fixed", "data", "checkpoint", "seeds")
+# A key absent from an older sweep's meta is not compared (that sweep still resumes).
+_IDENTITY = ("kind", "metrics", "modes", "space", "fixed", "data", "checkpoint", "seeds", "scheduler")
 
 
 def identity(cfg) -> dict[str, Any]:
@@ -55,6 +56,7 @@ def identity(cfg) -> dict[str, Any]:
         "data": cfg.data,
         "checkpoint": cfg.checkpoint,
         "seeds": list(cfg.seed_list()),
+        "scheduler": cfg.scheduler,  # asha prunes, fifo does not: --no-early-stop changes the sweep
     }
     return json.loads(json.dumps(raw, default=repr))
 

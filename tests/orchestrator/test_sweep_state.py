@@ -167,3 +167,14 @@ def test_a_record_left_running_beside_a_finished_row_is_marked_finished(tmp_path
     assert store.pending("s") == {"b": {"alpha_x": 0.2}} and records["a"]["state"] == "finished"
     plan = plan_run(store.read("trials", "s"), records, ("alpha_x",))
     assert [t for t, _ in plan.resume] == ["b"] and "a" in plan.started
+
+
+def test_resume_that_switches_the_scheduler_is_refused_but_old_metas_resume(tmp_path):
+    store = ResultStore(str(tmp_path))
+    write_meta(store, cfg(scheduler="asha"), [])
+    with pytest.raises(ValueError, match=r"scheduler: 'asha' -> 'fifo'"):
+        check_resume(store, cfg(scheduler="fifo"))  # --resume --no-early-stop on an ASHA sweep
+    meta = store.meta("s")
+    del meta["scheduler"]  # a sweep started before the scheduler was part of its identity
+    store.put(f"{store.base}/meta/sweep=s/sweep.json", json.dumps(meta).encode())
+    check_resume(store, cfg(scheduler="fifo"))
