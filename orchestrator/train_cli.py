@@ -10,7 +10,13 @@ jiio``: JIIO in the loop) and the decoders trained with JIIO in the loop (Fig. 3
     jiio train --task generative --mode jiio --epochs 8 --out models/gen-jiio.pt
 
 JIIO's settings are the paper code's for the task (as in the sweeps), any TaskConfig or
-JIIOConfig field can be set with ``--set NAME=VALUE``. The checkpoint is written at the end
+JIIOConfig field can be set with ``--set NAME=VALUE``. ``--mode pgd`` runs the paper's PGD
+(every step a full forward solve and implicit backward); ``--set pgd_warm=true`` makes it the
+strong PGD (forward warm-started from the previous step's z*, at most
+``pgd_warm_backward_iters`` = 4 warm backward iterations, 0: Jacobian-free)::
+
+    jiio train --task adversarial --mode pgd --set pgd_warm=true --epochs 8 --out models/adv-pgdw.pt
+ The checkpoint is written at the end
 of every epoch (to a temporary file, fsync'ed, then renamed over ``--out``): a crash or
 Ctrl-C loses at most the epoch in progress, and ``--resume`` continues from the last one
 with the same settings (a changed setting is refused, naming it).
