@@ -126,14 +126,15 @@ def _all_pruned(tmp_path) -> tuple[ResultStore, SweepConfig]:
     )
     store = ResultStore(str(tmp_path))
     for tid, x, acc in (("a", 0.1, 0.30), ("b", 0.2, 0.45), ("c", 0.4, 0.40)):
+        params = {"alpha_z": 0.5, "alpha_mu": 0.5, "alpha_x": x}
         store.write(
             "trials",
             "s",
             tid,
-            [{"trial_id": tid, "status": "pruned", "alpha_x": x, "robust_acc": acc, "epoch": 1}],
+            [{"trial_id": tid, "status": "pruned", **params, "robust_acc": acc, "epoch": 1}],
         )
         store.write_record(
-            "s", tid, {"params": {"alpha_x": x}, "trial_id": tid, "state": "finished", "status": "pruned"}
+            "s", tid, {"params": params, "trial_id": tid, "state": "finished", "status": "pruned"}
         )
     return store, cfg
 
@@ -145,7 +146,8 @@ def test_resume_of_an_all_pruned_sweep_reopens_its_best_trial_and_keeps_the_old_
     trials = store.read("trials", "s")
     assert sorted(trials["trial_id"]) == ["a", "c"]
     plan = plan_run(trials, store.records("s"), ("alpha_x",))
-    assert plan.resume == [("b", {"alpha_x": 0.2})] and len(plan.finished) == 2
+    assert plan.resume == [("b", {"alpha_z": 0.5, "alpha_mu": 0.5, "alpha_x": 0.2})]
+    assert len(plan.finished) == 2
     kept = list((tmp_path / "corrupt" / "trials" / "sweep=s").glob("b.parquet.*.why.json"))
     assert len(kept) == 1 and "reopened" in json.loads(kept[0].read_text())["reason"]
     # Once one trial completed, nothing is reopened.
@@ -182,8 +184,11 @@ print("OUTCOME", out.completed, out.pruned, out.epochs)
     assert len(trials) == 2
     # Both reach the last epoch: ASHA stops none before it (the first rung promotes the better,
     # and a trial alone at a rung is never below its cutoff); at least one completes.
-    assert (trials["status"] == "completed").sum() >= 1, trials[["status", "epoch"]]
-    assert set(trials.loc[trials["status"] == "completed", "epoch"]) == {2}
+    done = trials.loc[trials["status"] == "completed", "trial_id"]
+    assert len(done) >= 1, trials[["trial_id", "status"]]
+    steps = ResultStore(str(tmp_path)).read("steps", "len")
+    last = steps[steps["trial_id"].isin(done)].groupby("trial_id")["epoch"].max()
+    assert set(last) == {2}, last  # trained TaskConfig's 2 epochs
 
 
 @pytest.mark.slow
