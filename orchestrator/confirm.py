@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.analysis.report import confirm_text
+from orchestrator.analysis.report import confirm_text, console_width
 from orchestrator.analysis.seeds import confirm_summary
 from orchestrator.hints import jiio
 from orchestrator.results import ResultStore
@@ -129,7 +129,7 @@ def report(path: str, name: str, as_json: bool = False, out: str | None = None, 
     if as_json:
         print(json.dumps(_plain(c), default=str))
     else:
-        print(confirm_text(c))
+        print(confirm_text(c, console_width()))
         if c.get("report"):
             print(f"report: {c['report']}")
     return 0

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.analysis.engine import AnalyzeError, Source, reason
 from orchestrator.analysis.plots import plot_all
-from orchestrator.analysis.report import summary_text, write_html
+from orchestrator.analysis.report import console_width, summary_text, write_html
 from orchestrator.analysis.summary import summarize
 from orchestrator.hints import jiio
 
@@ -161,7 +161,7 @@ def run(
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], default=str))
     else:
         for s in summaries:
-            print(summary_text(s))
+            print(summary_text(s, console_width()))
             for p in s.get("plots", []):
                 print(f"plot: {p}")
             if s.get("report"):

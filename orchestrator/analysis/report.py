@@ -7,10 +7,90 @@ import base64
 import html
 import math
 import os
+import re
+import shutil
+import textwrap
 import time
 from typing import Any
 
-__all__ = ["confirm_text", "fmt", "seed_lines", "seed_rows", "summary_text", "write_html"]
+__all__ = [
+    "confirm_text",
+    "console_width",
+    "fit_table",
+    "fmt",
+    "seed_lines",
+    "seed_rows",
+    "summary_text",
+    "wrap_lines",
+    "write_html",
+]
+
+
+def console_width() -> int:
+    """The width the console text is laid out for: the terminal's, at least 80
+    (``JIIO_CONSOLE_WIDTH`` sets it)."""
+    try:
+        return max(20, int(os.environ["JIIO_CONSOLE_WIDTH"]))
+    except (KeyError, ValueError):
+        return max(80, shutil.get_terminal_size((80, 24)).columns)
+
+
+def wrap_lines(lines: list[str], width: int | None) -> list[str]:
+    """Each line longer than ``width`` wrapped at spaces (paths and numbers are never cut),
+    continuation lines indented two more than the line's own indent."""
+    if not width:
+        return lines
+    out: list[str] = []
+    for line in lines:
+        if len(line) <= width:
+            out.append(line.replace("\0", " "))
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        glued = re.sub(r"\[([^\[\], ]+), ([^\[\], ]+)\]", "[\\1,\0\\2]", line)  # intervals stay whole
+        out += [
+            w.replace("\0", " ")
+            for w in textwrap.wrap(
+                glued,
+                width,
+                subsequent_indent=indent + "  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        ] or [line]
+    return out
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def fit_table(
+    cols: list[str], cells: list[list[Any]], width: int | None = None, drop: tuple[str, ...] = ()
+) -> list[str]:
+    """A left-aligned text table, each column as wide as its widest cell, within ``width``:
+    the columns named in ``drop`` go first (in that order) while it is too wide, and if it
+    still is, each row becomes its own wrapped ``column value`` line."""
+    text = [[_cell(v) for v in row] for row in cells]
+    keep = list(range(len(cols)))
+
+    def render() -> list[str]:
+        widths = {i: max([len(cols[i])] + [len(row[i]) for row in text]) for i in keep}
+        out = ["  " + "  ".join(cols[i].ljust(widths[i]) for i in keep).rstrip()]
+        out += ["  " + "  ".join(row[i].ljust(widths[i]) for i in keep).rstrip() for row in text]
+        return out
+
+    lines = render()
+    for name in drop:
+        if not width or max(map(len, lines)) <= width:
+            return lines
+        if name in cols and cols.index(name) in keep:
+            keep.remove(cols.index(name))
+            lines = render()
+    if not width or max(map(len, lines)) <= width:
+        return lines
+    # "\0": a column's name and its value stay on one line (wrap_lines makes it a space)
+    records = ["  " + ", ".join(f"{cols[i]}\0{row[i]}" for i in keep if row[i] != "-") for row in text]
+    return wrap_lines(records, width)
 
 
 def fmt(v: Any, width: int = 14) -> str:
@@ -43,7 +123,7 @@ def table_rows(s: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[list[str]
     params = [p for p in (s.get("space") or {}) if any(p in r for r in rows)]
     cols = ["trial_id"] + (["status"] if any("status" in r for r in rows) else [])
     for m in metrics:
-        cols += [m, f"{m} 95% CI", "n"]
+        cols += [m, "95% CI" if len(metrics) == 1 else f"{m} 95% CI", "n"]
     cols += [*params, "wall_s"]
     cells = []
     for r in rows:
@@ -109,15 +189,9 @@ def seed_rows(sec: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return cols, cells
 
 
-def _grid(cols: list[str], cells: list[list[Any]]) -> list[str]:
-    """A left-aligned text table, each column as wide as its widest cell."""
-    text = [
-        [f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in row] for row in cells
-    ]
-    widths = [max([len(c)] + [len(row[i]) for row in text]) for i, c in enumerate(cols)]
-    out = ["  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
-    out += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in text]
-    return out
+def _grid(cols: list[str], cells: list[list[Any]], width: int | None = None) -> list[str]:
+    """A left-aligned text table, each column as wide as its widest cell (within ``width``)."""
+    return fit_table(cols, cells, width, drop=("label", "its 95% CI", "in the sweep"))
 
 
 def _component_lines(sec: dict[str, Any]) -> list[str]:
@@ -157,7 +231,7 @@ def _optimism_lines(sec: dict[str, Any]) -> list[str]:
     return lines
 
 
-def seed_lines(sec: dict[str, Any]) -> list[str]:
+def seed_lines(sec: dict[str, Any], width: int | None = None) -> list[str]:
     """A ``seeds`` or ``confirm`` section in words: the table, one verdict line per
     configuration, the variance components and (confirmation) the selection optimism."""
     m = sec.get("metric")
@@ -172,19 +246,19 @@ def seed_lines(sec: dict[str, Any]) -> list[str]:
         f"{m}: mean over seeds with its 95% t interval; differences paired by seed, against the paper's",
     ]
     cols, cells = seed_rows(sec)
-    lines += _grid(cols, cells)
+    lines += _grid(cols, cells, width)
     for r in sec.get("configs", []):
         if r.get("vs_paper"):
             lines.append(f"{r.get('trial_id') or '-'}: {r['vs_paper']['text']}")
     lines += _component_lines(sec)
     lines += _optimism_lines(sec)
     lines += [f"note: {n}" for n in sec.get("notes", [])]
-    return lines
+    return wrap_lines(lines, width)
 
 
-def confirm_text(c: dict[str, Any]) -> str:
-    """What ``jiio confirm`` prints: the confirmation section in words."""
-    return "\n".join(seed_lines(c))
+def confirm_text(c: dict[str, Any], width: int | None = None) -> str:
+    """What ``jiio confirm`` prints: the confirmation section in words (within ``width``)."""
+    return "\n".join(seed_lines(c, width))
 
 
 def _importance_lines(s: dict[str, Any]) -> list[str]:
@@ -225,7 +299,23 @@ def _header(s: dict[str, Any]) -> str:
     return line
 
 
-def summary_text(s: dict[str, Any]) -> str:
+def _trial_table(s: dict[str, Any], rows: list[dict[str, Any]], width: int | None) -> list[str]:
+    """A trial table within ``width``: an ``n`` that every row shares goes to the caption,
+    then wall time, n and status are dropped as needed."""
+    cols, cells = table_rows(s, rows)
+    caption = ""
+    if "n" in cols:
+        i = cols.index("n")
+        ns = {str(line[i]) for line in cells}
+        if len(ns) == 1 and ns != {"None"}:
+            caption = f" (n = {ns.pop()} samples{' each' if len(cells) > 1 else ''})"
+            cols = cols[:i] + cols[i + 1 :]
+            cells = [line[:i] + line[i + 1 :] for line in cells]
+    return [caption, *fit_table(cols, cells, width, drop=("wall_s", "n", "status"))]
+
+
+def summary_text(s: dict[str, Any], width: int | None = None) -> str:
+    """The summary in words; ``width``: laid out within that many columns (None: unlimited)."""
     lines = [_header(s)]
     if s.get("state"):
         lines.append(f"state: {s['state']}")
@@ -241,16 +331,15 @@ def summary_text(s: dict[str, Any]) -> str:
         ("paper configuration", [s["paper"]] if "paper" in s else []),
     ):
         if rows:
-            cols, cells = table_rows(s, rows)
-            lines += ["", title + ":", "  " + "  ".join(f"{c:>14s}" for c in cols)]
-            lines += ["  " + "  ".join(fmt(v) for v in line) for line in cells]
+            caption, *table = _trial_table(s, rows, width)
+            lines += ["", f"{title}{caption}:", *table]
     if s.get("pareto"):
         cols = list(s["pareto"][0])
-        lines += ["", "pareto front:", "  " + "  ".join(f"{c:>14s}" for c in cols)]
-        lines += ["  " + "  ".join(fmt(r.get(c)) for c in cols) for r in s["pareto"]]
+        lines += ["", "pareto front:"]
+        lines += fit_table(cols, [[r.get(c) for c in cols] for r in s["pareto"]], width, drop=("wall_s",))
     for key in ("confirm", "seeds"):
         if s.get(key):
-            lines += ["", *seed_lines(s[key])]
+            lines += ["", *seed_lines(s[key], width)]
     if "verdict" in s and s["verdict"].get("over") != "seeds":  # over seeds: in the section above
         lines += ["", s["verdict"]["text"]]
     elif "best_minus_paper" in s and "verdict" not in s:  # a summary without intervals
@@ -258,7 +347,7 @@ def summary_text(s: dict[str, Any]) -> str:
     if s.get("noise") and not (s.get("verdict") or {}).get("evaluation_only"):
         lines.append(f"note: {s['noise']['text']}")
     lines += _importance_lines(s)
-    return "\n".join(lines)
+    return "\n".join(wrap_lines(lines, width))
 
 
 def _table(cols: list[str], cells: list[list[Any]]) -> str:

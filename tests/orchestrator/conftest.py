@@ -9,6 +9,13 @@ import uuid
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch):
+    """Console text laid out unwrapped (tests match phrases); the 80-column layout has its
+    own tests, which set JIIO_CONSOLE_WIDTH themselves."""
+    monkeypatch.setenv("JIIO_CONSOLE_WIDTH", "100000")
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """``http://127.0.0.1:PORT`` of a moto S3 server for the whole test session; the AWS

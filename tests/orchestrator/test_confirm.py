@@ -166,7 +166,7 @@ def test_report_prints_the_table_json_and_html(tmp_path, capsys):
     assert main(["analyze", store.root, "--name", "s-confirm", "--no-plots", "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "confirmation of s (s-confirm)" in out and "rank 2 in the sweep beats the paper's settings" in out
-    paper_table = out[out.index("paper configuration:") :].splitlines()[2]
+    paper_table = out[out.index("paper configuration") :].splitlines()[2]
     assert paper_table.split()[0].startswith("c0.6-")  # the paper's (a=0.6), not the first point run
 
 

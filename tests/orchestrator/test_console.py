@@ -79,7 +79,11 @@ def test_a_resumed_sweeps_best_covers_the_trials_finished_before():
     c.setup()
     t = _trial("a", alpha_x=0.1)
     c.on_trial_start(0, [], t)
-    c.on_trial_result(0, [], t, {"robust_acc": 0.5, "final": True, "status": "completed", "trial_key": "id-a"})
+    c.on_trial_result(
+        0, [], t, {"robust_acc": 0.5, "final": True, "status": "completed", "trial_key": "id-a"}
+    )
     assert "best robust_acc 0.7" in c.summary() and "trial old-1: alpha_x=0.5" in c.summary()
-    c.on_trial_result(0, [], t, {"robust_acc": 0.8, "final": True, "status": "completed", "trial_key": "id-a"})
+    c.on_trial_result(
+        0, [], t, {"robust_acc": 0.8, "final": True, "status": "completed", "trial_key": "id-a"}
+    )
     assert "best robust_acc 0.8" in c.summary()

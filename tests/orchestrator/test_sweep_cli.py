@@ -208,7 +208,9 @@ def test_resume_with_fewer_trials_than_finished_says_so(tmp_path, capsys):
     store = ResultStore(str(tmp_path))
     store.put(f"{store.base}/meta/sweep={name}/sweep.json", json.dumps({"name": name, "trials": 8}).encode())
     for i in range(8):
-        store.write("trials", name, f"t{i}", [{"trial_id": f"t{i}", "status": "completed", "alpha_x": 0.1 + i}])
+        store.write(
+            "trials", name, f"t{i}", [{"trial_id": f"t{i}", "status": "completed", "alpha_x": 0.1 + i}]
+        )
     _, cfg = sweep_cli.configure(
         alpha.SPEC, ["--resume", "--trials", "4", "--storage", str(tmp_path), "--gpus-per-trial", "0"]
     )
