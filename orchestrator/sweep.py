@@ -106,6 +106,8 @@ class SweepConfig:
     resume_command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1  # training seeds per configuration (replicates; the same seeds for every one)
+    log: tuple[str, ...] = ()  # trackers: mlflow, tensorboard, wandb (orchestrator/trackers.py)
+    mlflow_uri: str | None = None
 
     @property
     def runs(self) -> int:
@@ -354,6 +356,13 @@ def _run_tuner(
             tuple(cfg.space),
             best=best_finished(plan.finished, cfg.metrics[0], cfg.modes[0], tuple(cfg.space)),
         )
+    trackers = []
+    if cfg.log:  # opt-in; a tracker whose package is missing is left out with one line
+        from orchestrator.trackers import make_callbacks
+
+        trackers = make_callbacks(
+            cfg.log, cfg.name, storage_path, cfg.metrics, tuple(cfg.space), cfg.mlflow_uri
+        )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -363,7 +372,7 @@ def _run_tuner(
             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{storage_path}/ray",
             verbose=1 if cfg.verbose else 0,
-            callbacks=[console] if console is not None else None,
+            callbacks=([console] if console is not None else []) + trackers or None,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
@@ -378,6 +387,8 @@ def _run_tuner(
         _drain(writes, close=True)  # Ctrl-C or an error: the decisions taken are written too
         if console is not None:
             console.close()
+        for tracker in trackers:  # Ctrl-C: what was logged is flushed, open runs end as killed
+            tracker.close()
     if len(cfg.metrics) > 1:
         record_pareto(store, cfg)
     return _outcome(store, cfg, len(resume), interrupted)

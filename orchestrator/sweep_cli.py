@@ -150,6 +150,14 @@ def _parser(spec: SweepSpec) -> argparse.ArgumentParser:
     )
     p.add_argument("--smoke", action="store_true", help="a seconds-long sweep that exercises everything")
     p.add_argument(
+        "--log",
+        action="append",
+        choices=("mlflow", "tensorboard", "wandb"),
+        default=[],
+        help="also log every trial to MLflow / TensorBoard / W&B (repeatable; offline, under --storage)",
+    )
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: <storage>/mlflow.db)")
+    p.add_argument(
         "--verbose", action="store_true", help="Ray Tune's progress tables instead of the live summary"
     )
     return p
@@ -324,6 +332,8 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
             address=args.address,
             verbose=args.verbose,
             resume_command=_resume_hint(args, script, argv),
+            log=tuple(args.log),
+            mlflow_uri=args.mlflow_uri,
         )
     except ValueError as exc:
         parser.error(str(exc))
