@@ -15,14 +15,28 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jiio_core import JIIOConfig
 from orchestrator.cluster_settings import ClusterSettings, ClusterSettingsError
-from orchestrator.data import DATASETS
-from orchestrator.lock import SweepLockedError
-from orchestrator.sweep import Dim, SweepConfig, SweepExistsError, resume_command, run_sweep
-from orchestrator.tasks import TASKS, TaskConfig
+from orchestrator.space import Dim
+
+if TYPE_CHECKING:
+    from jiio_core import JIIOConfig
+    from orchestrator.sweep import SweepConfig, SweepOutcome
+
+# Flags are read before anything heavy is imported: no torch, no Ray, no jiio_core until the
+# arguments are valid (``--help`` and a bad flag answer at once). These equal
+# orchestrator.tasks.TASKS and orchestrator.data.DATASETS (tested).
+TASKS = ("adversarial", "generative", "inpainting", "denoising")
+DATASETS = ("digits", "mnist", "cifar10", "celeba")
+
+
+def run_sweep(cfg: SweepConfig) -> SweepOutcome:
+    """:func:`orchestrator.sweep.run_sweep`, imported when a sweep runs."""
+    from orchestrator.sweep import run_sweep as run
+
+    return run(cfg)
+
 
 __all__ = ["SweepSpec", "configure", "main", "paper_jiio", "task_objective"]
 
@@ -48,6 +62,8 @@ class SweepSpec:
 
 def paper_jiio(task: str, dataset: str) -> JIIOConfig:
     """The paper code's JIIO settings (DESIGN.md section 4) for a task and dataset."""
+    from jiio_core import JIIOConfig
+
     if task == "adversarial":
         return JIIOConfig.paper("cifar_adversarial" if dataset == "cifar10" else "mnist_adversarial")
     return JIIOConfig.paper("celeba_generative")
@@ -202,6 +218,8 @@ def _trial_limits(args: argparse.Namespace, fixed: dict[str, Any]) -> dict[str, 
     limits = args._cluster.values.get("trial_limits")
     if not limits:
         return fixed
+    from orchestrator.tasks import TaskConfig
+
     defaults = {f.name: f.default for f in dataclasses.fields(TaskConfig) if f.name in limits}
     flags = {k: getattr(args, k, None) for k in limits}
     fixed, applied = args._cluster.limit(fixed, defaults, flags)
@@ -260,6 +278,30 @@ def _target_trials(args: argparse.Namespace, name: str) -> int:
     return 6
 
 
+def _refuse_existing(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
+    """A sweep that already has results, started again without ``--resume``: refused here,
+    before Ray starts (the driver checks again under its lock)."""
+    from orchestrator.results import ResultStore
+
+    if (
+        "://" not in args.storage
+        and not os.path.isdir(os.path.join(args.storage, "trials"))
+        and not (os.path.isdir(os.path.join(args.storage, "pending")))
+    ):
+        return  # nothing there yet: nothing to read (and nothing created)
+    try:
+        store = ResultStore(args.storage)
+        done, pending = len(store.keys("trials", name)), len(store.pending(name))
+    except (OSError, ValueError):
+        return  # the driver reports storage it cannot read
+    if done or pending:
+        parser.exit(
+            2,
+            f"error: sweep {name!r} already has {done} finished and {pending} unfinished trials in "
+            f"{args.storage}: pass --resume to continue (or extend) it, or --name to start a new sweep\n",
+        )
+
+
 def _in_job_working_dir() -> bool:
     """Whether this is the entrypoint of a Ray job submitted with a ``working_dir`` (the job
     supervisor passes the job's runtime env in ``RAY_JOB_CONFIG_JSON_ENV_VAR``)."""
@@ -280,6 +322,9 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
     parser = _parser(spec)
     spec.add_arguments(parser)
     args = parser.parse_args(argv)
+    from orchestrator.sweep import SweepConfig
+    from orchestrator.tasks import TaskConfig
+
     name = args.name or f"{spec.default_name}-{args.task}-{args.dataset}"
     _settings(parser, args)
     _validate(parser, args, name)
@@ -297,6 +342,8 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
             TaskConfig.from_flat({**fixed, **point})
     except ValueError as exc:
         parser.error(str(exc))
+    if not args.resume:
+        _refuse_existing(parser, args, name)  # before _cluster_gpus starts Ray
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if _cluster_gpus(args.address) > 0 else 0.0
@@ -342,6 +389,9 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
 def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, cfg = configure(spec, argv)
+    from orchestrator.lock import SweepLockedError
+    from orchestrator.sweep import SweepExistsError
+
     print(args._settings_line, flush=True)
     name, fixed, data, script = cfg.name, cfg.fixed, cfg.data, args._script
     try:
@@ -355,7 +405,8 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
     print(
-        f"\n{outcome.finished}/{max(outcome.requested, outcome.finished)} trials finished ({outcome.completed} completed). "
+        f"\n{outcome.finished}/{max(outcome.requested, outcome.finished)} trials finished "
+        f"({outcome.completed} completed). "
         "Parquet results: "
         f"{where} (trials/, steps/, traces/ under sweep={name})"
     )
@@ -430,6 +481,8 @@ def _resume_hint(args: argparse.Namespace, script: str, argv: list[str]) -> str:
     if args._cluster.launcher:
         rest = shlex.join([a for a in argv if a != "--resume"] + ["--resume"])
         return f"ray submit CLUSTER_CONFIG sweeps/{os.path.basename(script)} -- {rest}  (from your machine)"
+    from orchestrator.sweep import resume_command
+
     return resume_command([script, *argv])
 
 

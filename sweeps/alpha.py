@@ -24,7 +24,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "orchestrator", "sweep.py")):
     sys.path.insert(0, _ROOT)
 
-from orchestrator.sweep import Dim  # noqa: E402
+from orchestrator.space import Dim  # noqa: E402
 from orchestrator.sweep_cli import SweepSpec, main, paper_jiio, task_objective  # noqa: E402
 
 

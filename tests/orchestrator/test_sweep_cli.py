@@ -219,3 +219,46 @@ def test_resume_with_fewer_trials_than_finished_says_so(tmp_path, capsys):
     assert "already has 8 finished trials; --trials 4 is below that: nothing to run" in out, out
     assert "pass a larger --trials to extend" in out and "8 of 4" not in out
     assert outcome.ran == 0 and not outcome.interrupted
+
+
+def test_help_and_a_bad_flag_answer_without_importing_torch_or_ray():
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['sweeps/alpha.py', sys.argv[1]]\n"
+        "try:\n    runpy.run_path('sweeps/alpha.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'jiio_core', 'pandas') if m in sys.modules)\n"
+        "print('HEAVY', heavy, code, file=sys.stderr)\n"
+    )
+    for flag, code in (("--help", 0), ("--bad-flag", 2)):
+        t0 = time.time()
+        out = subprocess.run(
+            [sys.executable, "-c", probe, flag], cwd=ROOT, env=ENV, capture_output=True, text=True
+        )
+        took = time.time() - t0
+        assert f"HEAVY [] {code}" in out.stderr, out.stderr[-2000:]
+        assert took < 3.0, f"{flag} took {took:.1f} s"  # was 5-10 s (torch and ray imported first)
+    t0 = time.time()
+    out = subprocess.run(
+        [sys.executable, "sweeps/alpha.py", "--bad-flag"], cwd=ROOT, env=ENV, capture_output=True
+    )
+    assert out.returncode == 2 and time.time() - t0 < 3.0
+
+
+def test_the_flag_choices_equal_the_tasks_and_datasets():
+    from orchestrator.data import DATASETS
+    from orchestrator.tasks import TASKS
+
+    assert sweep_cli.TASKS == tuple(TASKS) and sweep_cli.DATASETS == tuple(DATASETS)
+
+
+def test_a_finished_sweep_without_resume_is_refused_before_ray_starts(tmp_path, capsys):
+    from orchestrator.results import ResultStore
+
+    name = "alpha-adversarial-digits"
+    ResultStore(str(tmp_path)).write("trials", name, "t0", [{"trial_id": "t0", "status": "completed"}])
+    with pytest.raises(SystemExit) as exc:  # no --gpus-per-trial: the GPU probe (Ray) would come next
+        sweep_cli.main(alpha.SPEC, ["--storage", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "already has 1 finished and 0 unfinished trials" in err and "pass --resume" in err
