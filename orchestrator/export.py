@@ -215,7 +215,7 @@ def to_optuna(root: str, sweep: str, to: str, replace: bool = False) -> dict[str
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="target", metavar="{optuna}", required=True)
+    sub = parser.add_subparsers(dest="target", metavar="{optuna}", required=True, parser_class=type(parser))
     p = sub.add_parser("optuna", help="the sweep as an Optuna study (optuna-dashboard)")
     p.add_argument("path", help="storage root of the results: a directory, s3://... or gs://...")
     p.add_argument("--name", required=True, help="the sweep; also the study's name")

@@ -249,12 +249,32 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
     function making it}``, called on the worker thread), off the event loop. ``metrics``:
     the sweep's objectives (logged again at the end as ``final/``)."""
 
-    def __init__(self, trackers: dict[str, Any], metrics: tuple[str, ...], searched: tuple[str, ...] = ()):
-        self.trackers, self.metrics, self.searched = dict(trackers), tuple(metrics), tuple(searched)
+    def __init__(
+        self,
+        trackers: dict[str, Any],
+        metrics: tuple[str, ...],
+        searched: tuple[str, ...] = (),
+        storage: str | None = None,
+        sweep: str | None = None,
+    ):
+        self._spec, self.metrics, self.searched = dict(trackers), tuple(metrics), tuple(searched)
+        self.storage, self.sweep = storage, sweep  # the Parquet rows fill in what Tune was not told
+        self._reset()
+
+    def _reset(self) -> None:
+        self.trackers: dict[str, Any] = dict(self._spec)  # the worker thread makes the backends
         self._q: queue.Queue = queue.Queue(maxsize=10_000)
         self._open: dict[str, dict[str, Any]] = {}  # trial key -> last epoch, eval_n, final result
-        self._thread = threading.Thread(target=self._work, name="jiio-trackers", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first event
+        self._closed = False
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks: no thread, queue or open run
+        keep = ("_spec", "metrics", "searched", "storage", "sweep")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     # --- Tune's events (driver thread: only bookkeeping and a queue put) ------------------
     def _key(self, trial, result: dict | None = None) -> str:
@@ -274,7 +294,7 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
     def _begin(self, trial, result: dict | None = None) -> str:
         key = self._key(trial, result)
         if key not in self._open:
-            self._open[key] = {"step": 0, "final": None, "eval_n": None, "last": {}}
+            self._open[key] = {"step": 0, "final": None, "eval_n": None, "last": {}, "logged": 0}
             self._put("start", key, self._params(trial))
         return key
 
@@ -291,6 +311,7 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
         metrics = {k: x for k, v in result.items() if k not in _AUTO and (x := _number(v)) is not None}
         state["last"] = {m: metrics[m] for m in self.metrics if m in metrics}
         if metrics:
+            state["logged"] = max(state["logged"], step)
             self._put("log", key, step, metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -309,17 +330,23 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
             status = str(final.get("status") or "pruned") if state["final"] else "pruned"
         source = final if state["final"] else state["last"]  # pruned: its value at the last rung
         values = {m: x for m in self.metrics if (x := _number(source.get(m))) is not None}
+        if status not in ("completed", "pruned"):  # a diverged trial's worst value would flatten plots
+            values = {}
         if state["eval_n"] is not None:
             values["eval_n"] = state["eval_n"]
-        self._put("end", key, state["step"], values, status)
+        self._put("end", key, state["step"], values, status, state["logged"])
 
     def on_experiment_end(self, trials, **info) -> None:
         self.close()
 
     # --- the worker thread ---------------------------------------------------------------
     def _put(self, *event) -> None:
-        if self.trackers:
-            self._q.put(event)
+        if not self._spec or self._closed:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="jiio-trackers", daemon=True)
+            self._thread.start()
+        self._q.put(event)
 
     def _work(self) -> None:
         for name, make in list(self.trackers.items()):  # opening a store can take seconds: not on Tune's loop
@@ -338,10 +365,61 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
                         self._call(name, t.close)
                     return
                 op, *args = event
+                if op == "end":
+                    args = self._complete(*args)
                 for name, t in list(self.trackers.items()):
                     self._call(name, getattr(t, op), *args)
             finally:
                 self._q.task_done()
+
+    def _complete(self, key: str, step: int, values: dict, status: str, logged: int) -> tuple:
+        """On the worker thread: log the epochs Tune was not told (a trial reports its last
+        epoch's metrics only to its Parquet rows) from the trial's eval rows, and take the
+        final objective and eval_n from its trials row when there is one."""
+        epochs, row = self._stored(key)
+        for epoch, metrics in epochs:
+            if epoch > logged:
+                for name, t in list(self.trackers.items()):
+                    self._call(name, t.log, key, epoch, metrics)
+                step = max(step, epoch)
+        values = dict(values)
+        if row.get("status") == status and status in ("completed", "pruned"):
+            values.update({m: x for m in self.metrics if (x := _number(row.get(m))) is not None})
+        if _number(row.get("eval_n")) is not None:
+            values["eval_n"] = _number(row["eval_n"])
+        elif epochs and "eval_n" in epochs[-1][1]:
+            values.setdefault("eval_n", epochs[-1][1]["eval_n"])
+        return key, step, values, status
+
+    def _stored(self, key: str) -> tuple[list[tuple[int, dict[str, float]]], dict[str, Any]]:
+        """The trial's eval rows (epoch, numeric metrics) and its trials row, if readable."""
+        if not self.storage or not self.sweep:
+            return [], {}
+        try:
+            import pyarrow.parquet as pq
+
+            from orchestrator.results import ResultStore
+
+            store = ResultStore(self.storage)
+
+            def rows(table: str, prefix: str) -> list[dict[str, Any]]:
+                out = []
+                for k in store.keys(table, self.sweep):
+                    if k == prefix or k.startswith(f"{prefix}-e"):
+                        with store.fs.open_input_file(f"{store._dir(table, self.sweep)}/{k}.parquet") as f:
+                            out.extend(pq.ParquetFile(f).read().to_pylist())
+                return out
+
+            epochs: dict[int, dict[str, float]] = {}
+            for r in rows("steps", key):
+                if r.get("phase") == "eval" and _number(r.get("epoch")) is not None:
+                    skip = {"trial_id", "step", "epoch", "epoch_end"}
+                    m = {k: x for k, v in r.items() if k not in skip and (x := _number(v)) is not None}
+                    epochs[int(r["epoch"])] = m
+            trial = rows("trials", key)
+            return sorted(epochs.items()), (trial[-1] if trial else {})
+        except Exception:  # the trackers get what Tune reported
+            return [], {}
 
     def _call(self, name: str, fn, *args) -> None:
         try:
@@ -355,11 +433,13 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
 
     def flush(self) -> None:
         """Wait until every event so far has reached the trackers."""
-        self._q.join()
+        if self._thread is not None:
+            self._q.join()
 
     def close(self, timeout: float = 60.0) -> None:
         """Drain the queue, end runs still open (as killed), stop the thread."""
-        if self._thread.is_alive():
+        self._closed = True
+        if self._thread is not None and self._thread.is_alive():
             self._q.put(None)
             self._thread.join(timeout)
 
@@ -403,4 +483,4 @@ def make_callbacks(
         print(f"--log {name}: {where}")
     if not trackers:
         return []
-    return [TrackerCallback(trackers, metrics, searched)]
+    return [TrackerCallback(trackers, metrics, searched, storage, sweep)]

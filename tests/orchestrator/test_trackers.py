@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import pickle
 import sys
 import types
 
@@ -85,6 +86,7 @@ def test_tensorboard_one_directory_per_trial(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (cb,) = make_callbacks(["tensorboard"], "s", str(tmp_path), ("robust_acc",), ("alpha_x",))
+    cb = pickle.loads(pickle.dumps(cb))  # Tune pickles its callbacks
     _drive(cb)
     root = tmp_path / "tensorboard" / "s"
     assert sorted(p.name for p in root.iterdir()) == ["bad", "cut", "done"]
@@ -232,3 +234,44 @@ def test_a_smoke_sweep_logs_every_trial(tmp_path):
         runs = client.search_runs([exp.experiment_id])
         assert {r.info.run_name for r in runs} == ids
         assert all("final/robust_acc" in r.data.metrics for r in runs)
+
+
+def test_the_last_epoch_and_eval_n_come_from_the_parquet_rows(tmp_path):
+    """A trial reports its last epoch to its rows only: the tracker logs it from the trial's
+    eval rows, and the final objective and eval_n from its trials row."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from orchestrator.results import ResultStore
+
+    store = ResultStore(str(tmp_path))
+    eval_row = {"trial_id": "one", "step": 9, "epoch": 1, "phase": "eval", "epoch_end": True}
+    store.write(
+        "steps",
+        "s",
+        "one",
+        [
+            {"trial_id": "one", "step": 9, "phase": "train", "loss": 2.0},
+            {**eval_row, "robust_acc": 0.7, "clean_acc": 0.9, "eval_n": 256},
+        ],
+    )
+    store.write(
+        "trials", "s", "one", [{"trial_id": "one", "status": "completed", "robust_acc": 0.7, "eval_n": 256}]
+    )
+    (cb,) = make_callbacks(["tensorboard"], "s", str(tmp_path), ("robust_acc",), ("alpha_x",))
+    t = Trial("one", 0.5)
+    cb.on_trial_start(0, [], t)
+    t.last_result = {"robust_acc": 0.7, "final": True, "status": "completed", "trial_key": "one", "epoch": 1}
+    cb.on_trial_result(0, [], t, t.last_result)
+    cb.on_trial_complete(0, [], t)
+    cb.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / "s" / "one"))
+    acc.Reload()
+    scalars = {tag: [(e.step, round(e.value, 6)) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert scalars == {
+        "robust_acc": [(1, 0.7)],
+        "clean_acc": [(1, 0.9)],
+        "eval_n": [(1, 256)],
+        "final/robust_acc": [(1, 0.7)],
+        "final/eval_n": [(1, 256)],
+    }
