@@ -17,7 +17,56 @@ from orchestrator.analysis.importance import divergence_grid
 from orchestrator.analysis.summary import numeric, status_of
 from orchestrator.stats import wilson_for
 
-__all__ = ["COLORS", "plot_all", "save"]
+__all__ = ["CAPTIONS", "COLORS", "legend_outside", "plot_all", "save"]
+
+# Each plot's title and what to look for in it (the HTML report's heading and caption), by
+# the file's suffix: <sweep>-<kind>.png.
+CAPTIONS = {
+    "divergence": (
+        "Where trials diverge",
+        "Red cells are step-size regions where most trials diverged: keep the search out of them.",
+    ),
+    "params": (
+        "Objective against each parameter",
+        "A parameter whose points rise or fall together matters; the dashed line is the paper's "
+        "configuration, so points above it on the objective beat the paper.",
+    ),
+    "progress": (
+        "Search progress",
+        "The best-so-far line should flatten as the search converges; pruned trials (hollow) show "
+        "the value at the rung where ASHA stopped them, not a final value.",
+    ),
+    "parallel": (
+        "Parallel coordinates",
+        "Each line is a completed trial, colour by its objective (diverged in red); bright lines "
+        "bunching on an axis mark that parameter's good range, in its own units.",
+    ),
+    "importance": (
+        "Parameter importance",
+        "How much of the objective's (and divergence's) variation each parameter explains; "
+        "overlapping intervals mean the order is not settled.",
+    ),
+    "curves": (
+        "Objective during training",
+        "The best, median and paper trials at each evaluation: a curve still rising at the end "
+        "means more epochs would help.",
+    ),
+    "traces": (
+        "Solver convergence",
+        "Residual per JIIO iteration of the best, median and paper configurations: a steeper "
+        "fall is a faster solve; a flat or rising line did not converge.",
+    ),
+    "pareto": (
+        "Pareto front",
+        "Trials on the red line are not beaten on both objectives by any other: pick among them.",
+    ),
+}
+
+
+def legend_outside(ax, **kw):
+    """The axes' legend to the right of it, where it covers no data."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
+
 
 COLORS = {"completed": "tab:blue", "diverged": "tab:red", "pruned": "tab:gray", "error": "black"}
 
@@ -52,7 +101,7 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _params(trials, sweep, main, space, out_dir) -> str:
+def _params(trials, sweep, main, space, out_dir, paper: dict[str, Any] | None = None) -> str:
     plt = _plt()
     status = status_of(trials)
     n = len(space)
@@ -91,6 +140,10 @@ def _params(trials, sweep, main, space, out_dir) -> str:
             if bars:
                 lo, hi = np.array(bars).T
                 ax.vlines(trials.loc[ok, name], lo, hi, color="tab:blue", lw=0.8, alpha=0.5)
+        if paper and isinstance(paper.get(name), (int, float)) and np.isfinite(paper[name]):
+            ax.axvline(paper[name], color="tab:purple", ls="--", lw=1, label="paper's configuration")
+            if isinstance(paper.get(main), (int, float)) and np.isfinite(paper[main]):
+                ax.scatter([paper[name]], [paper[main]], s=90, marker="*", c="tab:purple", zorder=4)
         if _log(dim):
             ax.set_xscale("log")
             _log_axis(ax.xaxis)
@@ -108,14 +161,36 @@ def _progress(trials, sweep, main, mode, out_dir) -> str:
     by = "finished_at" if "finished_at" in trials else "wall_s" if "wall_s" in trials else "trial_id"
     order = trials.sort_values(by).reset_index(drop=True)
     vals = order[main]
-    best = vals.cummax() if mode == "max" else vals.cummin()
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot(range(1, len(vals) + 1), vals, "o", ms=3, alpha=0.6, label="trial")
-    ax.plot(range(1, len(best) + 1), best, "-", lw=2, label="best so far")
+    status = status_of(order)
+    x = np.arange(1, len(vals) + 1)
+    final = status == "completed"
+    # The best so far counts final values only: a pruned trial's value is from an early rung.
+    best = (vals.where(final).cummax() if mode == "max" else vals.where(final).cummin()).ffill()
+    fig, ax = plt.subplots(figsize=(6.8, 3.4), layout="constrained")
+    ax.plot(x[final], vals[final], "o", ms=4, alpha=0.8, color="tab:blue", label="completed (final value)")
+    pruned = (status == "pruned").to_numpy()
+    if pruned.any():
+        ax.plot(
+            x[pruned],
+            vals[pruned],
+            "o",
+            ms=5,
+            mfc="none",
+            color="tab:gray",
+            label="pruned (value at its last rung)",
+        )
+    other = ~final.to_numpy() & ~pruned & np.isfinite(vals.to_numpy(dtype=float))
+    if other.any():
+        ax.plot(x[other], vals[other], "x", ms=5, color="tab:red", label="diverged / error")
+    ax.plot(x, best, "-", lw=2, color="tab:green", label="best so far (completed)")
     ax.set_xlabel("trial (by finish order)")
     ax.set_ylabel(main)
-    ax.legend(fontsize=8, loc="lower right" if mode == "max" else "upper right")
-    fig.tight_layout()
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    better = "higher" if mode == "max" else "lower"
+    ax.set_title(f"{sweep}: {main} per trial ({better} is better)", fontsize=9)
+    legend_outside(ax, fontsize=7)
     return save(fig, out_dir, f"{sweep}-progress.png")
 
 
@@ -169,8 +244,8 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.set_title(f"cells: diverged/finished trials over ({x}, {y})", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
     fig.colorbar(mesh, ax=axes[0].tolist(), label="fraction diverged", shrink=0.9)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=2)
     fig.suptitle(f"{sweep}: where trials diverge")
     return save(fig, out_dir, f"{sweep}-divergence.png")
 
@@ -187,13 +262,15 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     from matplotlib.collections import LineCollection
 
     status = status_of(trials)
-    cols = []
+    cols, scales = [], []
     for name in [*names, main]:
         v = numeric(trials[name]).to_numpy()
-        if name != main and _log(space.get(name, {})):
+        log = name != main and _log(space.get(name, {}))
+        if log:
             v = np.log10(np.where(v > 0, v, np.nan))
         lo, hi = np.nanmin(v) if np.isfinite(v).any() else 0, np.nanmax(v) if np.isfinite(v).any() else 1
         cols.append((v - lo) / (hi - lo) if hi > lo else v * 0 + 0.5)
+        scales.append((lo, hi, log))
     norm = np.vstack(cols).T
     fig, ax = plt.subplots(figsize=(1.8 * (len(names) + 1) + 1.5, 4))
     xs = np.arange(len(names) + 1)
@@ -210,17 +287,39 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     ax.add_collection(
         LineCollection(seg_bad, colors="tab:red", linewidths=0.7, alpha=0.5, label="diverged", zorder=3)
     )
-    ax.set_xticks(xs, [*(f"log10 {n}" if _log(space.get(n, {})) else n for n in names), main])
-    for x in xs:
+    ax.set_xticks(xs, [*(f"{n} (log)" if _log(space.get(n, {})) else n for n in names), main])
+    for x, (lo, hi, log) in zip(xs, scales, strict=True):
         ax.axvline(x, color="0.6", lw=0.6)
-    ax.set_xlim(-0.1, xs[-1] + 0.1)
+        for value, text in _axis_ticks(lo, hi, log):  # each axis labelled in its own units
+            pos = (value - lo) / (hi - lo) if hi > lo else 0.5
+            ax.plot([x - 0.03, x], [pos, pos], color="0.4", lw=0.6)
+            ax.text(x - 0.05, pos, text, ha="right", va="center", fontsize=6, color="0.25", gid="axis-tick")
+    ax.set_xlim(-0.35, xs[-1] + 0.1)
     ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("scaled to [0, 1] per axis")
-    fig.colorbar(lines, ax=ax, label=f"{main} ({'higher' if mode == 'max' else 'lower'} is better, scaled)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_yticks([])
+    fig.colorbar(lines, ax=ax, label=f"{main} ({'higher' if mode == 'max' else 'lower'} is better)")
+    if seg_bad:
+        legend_outside(ax, fontsize=7)
     ax.set_title(f"{sweep}: parallel coordinates (completed by {main}; diverged in red)", fontsize=9)
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-parallel.png")
+
+
+def _axis_ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
+    """Tick positions (in the axis' drawn units: log10 for a log axis) and labels in the
+    parameter's own units, between lo and hi."""
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return [(lo, f"{10**lo if log else lo:.3g}")] if np.isfinite(lo) else []
+    if log:
+        ticks = LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(10**lo, 10**hi)
+        ticks = [t for t in ticks if lo - 1e-9 <= np.log10(t) <= hi + 1e-9]
+        if len(ticks) < 2:
+            ticks = [10**lo, 10**hi]
+        return [(float(np.log10(t)), f"{t:.3g}") for t in ticks]
+    ticks = [t for t in MaxNLocator(5).tick_values(lo, hi) if lo - 1e-12 <= t <= hi + 1e-12]
+    return [(float(t), f"{t:.3g}") for t in ticks] or [(lo, f"{lo:.3g}"), (hi, f"{hi:.3g}")]
 
 
 def _importance(summary, sweep, out_dir) -> str | None:
@@ -266,7 +365,8 @@ def _pareto(src, trials, sweep, metrics, out_dir) -> str:
         ax.plot(front[metrics[1]], front[metrics[0]], "r-o", ms=4, label="Pareto front")
     ax.set_xlabel(metrics[1])
     ax.set_ylabel(metrics[0])
-    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"{sweep}: {metrics[0]} against {metrics[1]}", fontsize=9)
+    legend_outside(ax, fontsize=7)
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-pareto.png")
 
@@ -292,7 +392,7 @@ def plot_all(src: Source, summary: dict[str, Any], out_dir: str) -> list[str]:
         return [p for p in paths if p]
     trials = trials.assign(**{main: values})
     if space:
-        paths.append(_params(trials, sweep, main, space, out_dir))
+        paths.append(_params(trials, sweep, main, space, out_dir, summary.get("paper")))
     paths.append(_progress(trials, sweep, main, mode, out_dir))
     paths.append(_parallel(trials, sweep, main, mode, space, out_dir))
     paths.append(_importance(summary, sweep, out_dir))

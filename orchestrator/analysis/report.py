@@ -450,11 +450,18 @@ def write_html(s: dict[str, Any], path: str, storage: str) -> str:
             "<h2>Unreadable files (skipped)</h2>",
             _table(["path", "reason"], [[x["path"], x["reason"]] for x in s["skipped"]]),
         ]
+    from orchestrator.analysis.plots import CAPTIONS
+
     for p in s.get("plots", []):
         with open(p, "rb") as f:
             data = base64.b64encode(f.read()).decode()
-        name = e(os.path.basename(p))
-        parts.append(f"<h3>{name}</h3><img alt='{name}' src='data:image/png;base64,{data}'>")
+        kind = os.path.basename(p)[len(s["sweep"]) + 1 : -len(".png")]
+        title, caption = CAPTIONS.get(kind, (os.path.basename(p), ""))
+        parts.append(
+            f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{e(caption)} <span class=note>({e(os.path.basename(p))})</span></figcaption>"
+            "</figure>"
+        )
     title = f"<title>jiio analyze: {e(s['sweep'])}</title>"
     head = f"<head><meta charset=utf-8>{title}<style>{_CSS}</style></head>"
     doc = f"<!doctype html><html>{head}<body>{''.join(parts)}</body></html>"

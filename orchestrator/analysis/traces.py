@@ -30,7 +30,7 @@ def _labels(pick: dict[str, str]) -> dict[str, str]:
 
 def plot_curves(src: Source, sweep: str, main: str, pick: dict[str, str], out_dir: str) -> str | None:
     """``main`` at each evaluation over training steps, for the picked trials."""
-    from orchestrator.analysis.plots import _plt, save
+    from orchestrator.analysis.plots import _plt, legend_outside, save
 
     labels = _labels(pick)
     if not labels:
@@ -53,7 +53,7 @@ def plot_curves(src: Source, sweep: str, main: str, pick: dict[str, str], out_di
             ax.plot(grp["step"], grp[main], ls, marker="o", ms=3, color=color, label=f"{label} ({tid})")
     ax.set_xlabel("step")
     ax.set_ylabel(main)
-    ax.legend(fontsize=7, loc="best" if len(steps) < 200 else "lower right")
+    legend_outside(ax, fontsize=7)
     ax.set_title(f"{sweep}: {main} at each evaluation", fontsize=9)
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-curves.png")
@@ -87,6 +87,8 @@ def last_traces(src: Source, sweep: str, trial_ids: list[str]) -> dict[str, pd.D
 
 def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> str | None:
     """Residual against iteration and objective against wall time of the picked trials."""
+    from matplotlib.ticker import MaxNLocator
+
     from orchestrator.analysis.plots import _plt, save
 
     labels = _labels(pick)
@@ -95,7 +97,9 @@ def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> 
         return None
     plt = _plt()
     has_obj = any("objective" in t and numeric(t["objective"]).notna().any() for t in found.values())
-    fig, axes = plt.subplots(1, 2 if has_obj else 1, figsize=(10 if has_obj else 5.5, 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if has_obj else 1, figsize=(10 if has_obj else 5.5, 4.2), squeeze=False, layout="constrained"
+    )
     timed = all(np.isfinite(t["time_s"]).all() for t in found.values())
     for tid, t in found.items():
         label = labels[tid]
@@ -108,7 +112,7 @@ def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> 
             axes[0][1].plot(x, numeric(t["objective"]), ls, color=color, label=name)
     axes[0][0].set_xlabel("JIIO iteration")
     axes[0][0].set_ylabel("relative residual")
-    axes[0][0].legend(fontsize=7, loc="upper right")
+    axes[0][0].xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole
     axes[0][0].set_title("convergence (last traced step)", fontsize=9)
     if has_obj:
         ax = axes[0][1]
@@ -119,7 +123,9 @@ def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> 
         ax.set_title(
             "objective against time" if timed else "objective (no solve_s: against iteration)", fontsize=9
         )
-        ax.legend(fontsize=7, loc="upper right")
+        if not timed:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # one legend for both panels, below them: it covers no curve
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="outside lower center")
     fig.suptitle(f"{sweep}: best, median and paper configurations", fontsize=10)
-    fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-traces.png")
