@@ -40,7 +40,8 @@ def drawn(tmp_path_factory):
     s["plots"] = plots.plot_all(src, s, str(root / "out"))
     mp.undo()
     assert real is plots.save
-    html = open(write_html(s, str(root / "out" / "r.html"), str(root)), encoding="utf-8").read()
+    with open(write_html(s, str(root / "out" / "r.html"), str(root)), encoding="utf-8") as f:
+        html = f.read()
     yield figs, html
     import matplotlib.pyplot as plt
 
