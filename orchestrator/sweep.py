@@ -60,6 +60,7 @@ __all__ = [
     "SweepConfig",
     "SweepExistsError",
     "SweepOutcome",
+    "quiet_ray",
     "reopen_best_pruned",
     "run_sweep",
     "trial_epochs",
@@ -277,6 +278,7 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
     write_meta(store, cfg, paper_ids)
     import ray
 
+    quiet_ray(cfg.verbose)
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
     marker = check_shared(cfg.storage, store.base, cfg.name)  # every node must see local storage
@@ -284,6 +286,22 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
         return _run_tuner(cfg, store, plan, resume, enqueue, remaining, marker)
     finally:
         remove_marker(marker)
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Without ``--verbose``, Ray's own output stays off the console (the live line says it
+    all): Tune's experiment box, "View detailed results here" and its TensorBoard hint (the
+    new output engine prints them at any verbosity; ``RAY_AIR_NEW_OUTPUT=0`` gives the
+    legacy one, silent at ``verbose=0``), Tune's INFO logs, and ``ray.init``'s token-auth
+    warning (cluster/README.md, "Security", says what this project sets up)."""
+    import logging
+    import os
+
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def _run_tuner(

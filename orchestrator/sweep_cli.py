@@ -346,7 +346,7 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
         _refuse_existing(parser, args, name)  # before _cluster_gpus starts Ray
     gpus = args.gpus_per_trial
     if gpus is None:
-        gpus = 0.25 if _cluster_gpus(args.address) > 0 else 0.0
+        gpus = 0.25 if _cluster_gpus(args.address, args.verbose) > 0 else 0.0
         args._settings_line = args._settings_line.replace(
             "gpus_per_trial=None (default)",
             f"gpus_per_trial={gpus!r} (default: {'' if gpus else 'no '}GPU in Ray)",
@@ -486,9 +486,12 @@ def _resume_hint(args: argparse.Namespace, script: str, argv: list[str]) -> str:
     return resume_command([script, *argv])
 
 
-def _cluster_gpus(address: str | None) -> float:
+def _cluster_gpus(address: str | None, verbose: bool = False) -> float:
     import ray
 
+    from orchestrator.sweep import quiet_ray
+
+    quiet_ray(verbose)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
     return float(ray.cluster_resources().get("GPU", 0))
