@@ -373,7 +373,9 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
             gpus_per_trial=gpus,
             workers_per_trial=workers,
             max_concurrent=args.max_concurrent,
-            scheduler="fifo" if args.no_early_stop else spec.scheduler,
+            # Replicated sweeps run every seed to its end: ASHA stops runs one by one, which would
+            # leave configurations with means over different, chosen-by-luck subsets of seeds.
+            scheduler="fifo" if args.no_early_stop or args.seeds > 1 else spec.scheduler,
             kind=spec.kind,
             reuse_actors=not args.no_reuse_actors,
             address=args.address,

@@ -216,3 +216,15 @@ def test_the_cli_explains_an_all_pruned_sweep_and_resume_completes_it(tmp_path):
     assert sorted(trials["trial_id"]) == ["a", "b", "c"]
     assert trials.set_index("trial_id").loc["b", "status"] == "completed"
     assert "Best configurations" in proc.stdout or "best" in proc.stdout.lower()
+
+
+def test_a_replicated_sweep_runs_every_seed_to_its_end(tmp_path, monkeypatch):
+    """--seeds 2: trials x seeds runs, the seeds shared by every configuration, and no ASHA
+    (it stops runs one by one: configurations would be compared over different seeds)."""
+    monkeypatch.delenv("JIIO_CLUSTER_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = ["--storage", str(tmp_path / "r"), "--gpus-per-trial", "0", "--trials", "3", "--seed", "4"]
+    _, one = configure(_spec("alpha"), base)
+    _, two = configure(_spec("alpha"), [*base, "--seeds", "2"])
+    assert (one.scheduler, one.runs, one.seed_list()) == ("asha", 3, (4,))
+    assert (two.scheduler, two.runs, two.seed_list()) == ("fifo", 6, (4, 5))
