@@ -171,7 +171,9 @@ def seed_rows(sec: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     cells = []
     for r in rows:
         vs = r.get("vs_paper") or {}
-        seeds = f"{r.get('seeds')}" + (f" (+{r['not_completed']} not completed)" if r.get("not_completed") else "")
+        seeds = f"{r.get('seeds')}" + (
+            f" (+{r['not_completed']} not completed)" if r.get("not_completed") else ""
+        )
         line = [
             r.get("trial_id") or ",".join(r.get("trial_ids", [])[:1]) or "-",
             ", ".join(r.get("labels") or []) or "-",
