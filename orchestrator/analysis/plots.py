@@ -280,8 +280,9 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     lines = LineCollection(
         [np.column_stack([xs, r]) for r in norm[done][order]], cmap="viridis", linewidths=1.0
     )
-    score = norm[done][order][:, -1]
-    lines.set_array(score if mode == "max" else 1 - score)
+    # coloured by the objective in its own units (bright: better)
+    lines.set_array(numeric(trials[main]).to_numpy()[done][order])
+    lines.set_cmap("viridis" if mode == "max" else "viridis_r")
     ax.add_collection(lines)
     seg_bad = [np.column_stack([xs[:-1], r[:-1]]) for r in norm[bad]]
     ax.add_collection(
@@ -298,8 +299,6 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     ax.set_ylim(-0.05, 1.05)
     ax.set_yticks([])
     fig.colorbar(lines, ax=ax, label=f"{main} ({'higher' if mode == 'max' else 'lower'} is better)")
-    if seg_bad:
-        legend_outside(ax, fontsize=7)
     ax.set_title(f"{sweep}: parallel coordinates (completed by {main}; diverged in red)", fontsize=9)
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-parallel.png")
@@ -348,7 +347,7 @@ def _importance(summary, sweep, out_dir) -> str | None:
         label = summary["metrics"][0] if what == "objective" and summary.get("metrics") else what
         ax.set_title(f"importance for {label}", fontsize=9)
         ax.set_xlabel(
-            "PED-ANOVA importance (sums to 1)" + ("; 95% bootstrap intervals" if err is not None else "")
+            "PED-ANOVA importance (sums to 1)" + ("\n95% bootstrap intervals" if err is not None else "")
         )
     fig.tight_layout()
     return save(fig, out_dir, f"{sweep}-importance.png")

@@ -122,3 +122,10 @@ def test_no_legend_covers_a_data_point(drawn):
                         (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
                     )
                     assert not inside.any(), f"{name}: a legend covers {xy[inside][:3]}"
+
+
+def test_parallel_colour_scale_is_the_objective_in_its_units(drawn):
+    figs, _ = drawn
+    lines = figs["parallel"].axes[0].collections[0]
+    values = lines.get_array()
+    assert values.min() >= 0.3 and values.max() == 0.95  # robust_acc itself, not scaled to [0, 1]
