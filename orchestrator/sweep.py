@@ -38,7 +38,7 @@ from typing import Any
 from orchestrator.driver_writes import DriverWriteError, DriverWrites
 from orchestrator.lock import SweepLock
 from orchestrator.results import ResultStore
-from orchestrator.search import Dim, make_searcher
+from orchestrator.space import Dim
 from orchestrator.storage_check import check_shared, remove_marker
 from orchestrator.sweep_state import (
     FINISHED,
@@ -52,7 +52,6 @@ from orchestrator.sweep_state import (
     sync_records,
     write_meta,
 )
-from orchestrator.trainable import run_trial, trial_id_of
 from orchestrator.trial_meta import SweepMeta, make_trial_id
 
 __all__ = [
@@ -310,6 +309,9 @@ def _run_tuner(
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from orchestrator.search import make_searcher
+    from orchestrator.trainable import run_trial  # torch: imported once a sweep runs
+
     storage_path = cfg.storage if "://" in cfg.storage else store.base
     meta = SweepMeta(
         name=cfg.name,
@@ -490,6 +492,8 @@ def _pruning_asha(store: ResultStore, cfg: SweepConfig, writes: DriverWrites | N
     """
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+    from orchestrator.trainable import trial_id_of
+
     searched = tuple(cfg.space)
 
     class PruningASHA(ASHAScheduler):
@@ -524,6 +528,8 @@ def _drain(writes: DriverWrites, close: bool = False) -> None:
 def _record_failed(store: ResultStore, cfg: SweepConfig, grid) -> None:
     """Trials that failed past their retries, or finished without their own row, get a row
     from here; trials stopped by an interruption stay pending, to continue on resume."""
+    from orchestrator.trainable import trial_id_of
+
     rows = store.read("trials", cfg.name)
     status = dict(zip(rows["trial_id"], rows["status"], strict=True)) if len(rows) else {}
     for result in grid:
