@@ -394,7 +394,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     from orchestrator.lock import SweepLockedError
     from orchestrator.sweep import SweepExistsError
 
-    print(args._settings_line, flush=True)
+    _say(args._settings_line)
     name, fixed, data, script = cfg.name, cfg.fixed, cfg.data, args._script
     try:
         cfg = dataclasses.replace(cfg, **spec.prepare(args, fixed, data, name))
@@ -406,7 +406,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         print(f"error: storage {args.storage!r}: {exc}", file=sys.stderr)
         return 2
     where = os.path.abspath(args.storage) if "://" not in args.storage else args.storage
-    print(
+    _say(
         f"\n{outcome.finished}/{max(outcome.requested, outcome.finished)} trials finished "
         f"({outcome.completed} completed). "
         "Parquet results: "
@@ -416,7 +416,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         _analysis(args.storage, name)
     from orchestrator.hints import jiio
 
-    print(f"Analyse again (plots, --sql, --compare): {jiio()} analyze {args.storage} --name {name}")
+    _say(f"Analyse again (plots, --sql, --compare): {jiio()} analyze {args.storage} --name {name}")
     if outcome.errors:
         print(
             f"{outcome.errors} trial(s) ended in error; first: {outcome.first_error}. "
@@ -438,6 +438,13 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
         )
         return 1
     return 1 if outcome.interrupted else 0
+
+
+def _say(text: str) -> None:
+    """Print ``text`` on stdout within the console's width (see ``report.console_width``)."""
+    from orchestrator.analysis.report import console_width, wrap_lines
+
+    print("\n".join(wrap_lines(text.split("\n"), console_width())), flush=True)
 
 
 def _analysis(storage: str, name: str) -> None:

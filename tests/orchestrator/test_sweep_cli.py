@@ -249,7 +249,7 @@ def test_the_flag_choices_equal_the_tasks_and_datasets():
     from orchestrator.data import DATASETS
     from orchestrator.tasks import TASKS
 
-    assert sweep_cli.TASKS == tuple(TASKS) and sweep_cli.DATASETS == tuple(DATASETS)
+    assert tuple(TASKS) == sweep_cli.TASKS and tuple(DATASETS) == sweep_cli.DATASETS
 
 
 def test_a_finished_sweep_without_resume_is_refused_before_ray_starts(tmp_path, capsys):
@@ -262,3 +262,15 @@ def test_a_finished_sweep_without_resume_is_refused_before_ray_starts(tmp_path, 
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "already has 1 finished and 0 unfinished trials" in err and "pass --resume" in err
+
+
+def test_the_sweeps_own_lines_fit_80_columns(tmp_path, capsys, monkeypatch):
+    from orchestrator.sweep import SweepOutcome
+
+    monkeypatch.setenv("JIIO_CONSOLE_WIDTH", "80")
+    monkeypatch.setattr(sweep_cli, "run_sweep", lambda cfg: SweepOutcome(6, 6, 6, False, cfg.storage))
+    monkeypatch.chdir(tmp_path)
+    assert sweep_cli.main(alpha.SPEC, ["--gpus-per-trial", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("settings: storage='results' (default)") and len(lines) > 4
+    assert all(len(line) <= 80 or " " not in line.strip() for line in lines), lines
