@@ -141,7 +141,7 @@ class SweepConsole(Callback):
             self._live.start()
             self._draw(force=True)
         else:
-            self.console.print(self.summary(), soft_wrap=True)
+            self.console.print(self.summary(), markup=False, highlight=False)  # wrapped to its width
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)
@@ -183,7 +183,7 @@ class SweepConsole(Callback):
         if self._live is not None:
             self._draw(force=True)
         else:
-            self.console.print(f"{what}. {self.summary()}", soft_wrap=True)
+            self.console.print(f"{what}. {self.summary()}", markup=False, highlight=False)
 
     def close(self) -> None:
         if self._live is not None:

@@ -87,3 +87,25 @@ def test_a_resumed_sweeps_best_covers_the_trials_finished_before():
         0, [], t, {"robust_acc": 0.8, "final": True, "status": "completed", "trial_key": "id-a"}
     )
     assert "best robust_acc 0.8" in c.summary()
+
+
+def test_the_logged_lines_fit_80_columns():
+    c = SweepConsole(
+        "alpha-adversarial-digits", 6, 0, "robust_acc", "max", ("alpha_z", "alpha_x"), live=False
+    )
+    out = io.StringIO()
+    c._console = Console(file=out, width=80)
+    c.setup()
+    t = _trial("a", alpha_z=0.123456, alpha_x=0.654321)
+    c.on_trial_start(0, [], t)
+    result = {
+        "robust_acc": 0.5,
+        "final": True,
+        "status": "completed",
+        "trial_key": "b26dbc076025",
+        "eval_n": 64,
+    }
+    c.on_trial_result(0, [], t, result)
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    assert "trial b26dbc076025 completed." in out.getvalue()
