@@ -253,7 +253,7 @@ def _run_locked(cfg: SweepConfig, store: ResultStore) -> SweepOutcome:
         print(
             f"sweep {cfg.name} already has {len(plan.finished)} finished trials; --trials {cfg.trials}"
             f"{f' (x {cfg.seeds} seeds = {cfg.runs} runs)' if cfg.seeds > 1 else ''} is below that: "
-            "nothing to run; pass a larger --trials to extend"
+            "nothing to run\n  (pass a larger --trials to extend it)"
         )
         return _outcome(store, cfg, 0, False)
     if remaining == 0:

@@ -217,7 +217,7 @@ def test_resume_with_fewer_trials_than_finished_says_so(tmp_path, capsys):
     outcome = _run_locked(cfg, store)
     out = capsys.readouterr().out
     assert "already has 8 finished trials; --trials 4 is below that: nothing to run" in out, out
-    assert "pass a larger --trials to extend" in out and "8 of 4" not in out
+    assert "pass a larger --trials to extend it" in out and "8 of 4" not in out
     assert outcome.ran == 0 and not outcome.interrupted
 
 
