@@ -133,6 +133,13 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what the timings measure: wall time (default) or this process's CPU time (CPU device "
+        "only; on a machine shared with other jobs the wall time also counts the waits for a core)",
+    )
+    p.add_argument(
         "--threads",
         type=_nonneg_int,
         default=1,
@@ -294,6 +301,11 @@ def _setup(args: argparse.Namespace, name: str) -> tuple[torch.device, _Log]:
             raise BenchInputError(f"--plot {plot}: directory {parent} does not exist")
         if not plot.lower().endswith(".png"):
             raise BenchInputError(f"--plot {plot}: the file name must end in .png")
+    if args.clock == "cpu" and device.type != "cpu":
+        raise BenchInputError("--clock cpu times the CPU's work: use it with --device cpu")
+    from orchestrator.bench._timing import use_clock
+
+    use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -306,6 +318,7 @@ def _environment(device: torch.device, args: argparse.Namespace) -> dict[str, An
         "device": _device_name(device),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
+        "clock": getattr(args, "clock", "wall"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "seed": args.seed,

@@ -14,7 +14,23 @@ from torch import Tensor
 if TYPE_CHECKING:
     from orchestrator.bench._common import _Log
 
-__all__ = ["_CallClock", "_interleave", "_steps", "_sync", "_timed"]
+__all__ = ["_CallClock", "_interleave", "_now", "_steps", "_sync", "_timed", "use_clock"]
+
+#: the clock of every timed region: ``time.perf_counter`` (wall, the default) or
+#: ``time.process_time`` (this process's CPU time: ``--clock cpu``, for a CPU shared with
+#: other jobs, where the wall time also counts the waits for a core); see :func:`use_clock`
+_CLOCK = {"now": time.perf_counter}
+
+
+def use_clock(kind: str) -> None:
+    """``"wall"`` or ``"cpu"``: the clock of the timed regions from now on."""
+    if kind not in ("wall", "cpu"):
+        raise ValueError(f"clock must be wall or cpu, got {kind!r}")
+    _CLOCK["now"] = time.perf_counter if kind == "wall" else time.process_time
+
+
+def _now() -> float:
+    return _CLOCK["now"]()
 
 
 def _sync(device: torch.device) -> None:
@@ -24,10 +40,10 @@ def _sync(device: torch.device) -> None:
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = _now()
     out = fn()
     _sync(device)
-    return time.perf_counter() - t0, out
+    return _now() - t0, out
 
 
 class _CallClock:
@@ -43,15 +59,15 @@ class _CallClock:
         self.fn, self.device = fn, device
         self.starts: list[float] = []
         self.inputs: list[Tensor] = []
-        self.t0 = time.perf_counter()
+        self.t0 = _now()
 
     def reset(self) -> None:
         _sync(self.device)
-        self.starts, self.inputs, self.t0 = [], [], time.perf_counter()
+        self.starts, self.inputs, self.t0 = [], [], _now()
 
     def __call__(self, x: Tensor) -> Tensor:
         _sync(self.device)
-        self.starts.append(time.perf_counter() - self.t0)
+        self.starts.append(_now() - self.t0)
         # a copy: an optimiser (adam_latent) updates its variable in place between calls
         self.inputs.append(x.detach().clone())
         return self.fn(x)

@@ -148,7 +148,7 @@ def _header(out: dict[str, Any]) -> list[str]:
         f"| torch {out['torch']} | load average {load}",
         f"model: {cfg['size']} MDEQ on {cfg['dataset']}, {model['parameters']} parameters, {src} "
         f"| {cfg.get('samples', cfg['batch'])} held-out samples, batches of {cfg['batch']} | {cfg['reps']} "
-        "interleaved pass(es), median time per batch "
+        f"interleaved pass(es), median {out.get('clock', 'wall')} time per batch "
         f"| baseline DEQ {deq['solver']} {deq['max_iter']}/{deq['backward_max_iter']}",
     ]
 

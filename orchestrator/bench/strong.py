@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch
 from torch import Tensor
 
 from jiio_core import WarmSettings
-from orchestrator.bench._timing import _sync
+from orchestrator.bench._timing import _now, _sync
 from orchestrator.bench.measure import (
     best_per_step,
     fastest_reaching,
@@ -187,11 +186,11 @@ class StepClock:
 
     def start(self, x0: Tensor) -> None:
         _sync(self.device)
-        self.times, self.inputs, self.t0 = [0.0], [x0.detach().clone()], time.perf_counter()
+        self.times, self.inputs, self.t0 = [0.0], [x0.detach().clone()], _now()
 
     def __call__(self, _t: int, x_t: Tensor) -> None:
         _sync(self.device)
-        self.times.append(time.perf_counter() - self.t0)
+        self.times.append(_now() - self.t0)
         self.inputs.append(x_t.detach().clone())
 
 

@@ -277,3 +277,17 @@ def test_latent_json_strong_baselines(capsys):
     f = out["versus"]["jiio-4"]["fastest"]["loss"]
     assert out["speed_ratio_vs_fastest_baseline"]["loss"] == f
     assert {t["fraction"] for t in out["targets"]} == {0.9, 1.0}
+
+
+def test_cpu_clock_times_this_process_and_is_stated(capsys):
+    from orchestrator.bench import _timing
+
+    argv = ["bench", "attack", *TINY, "--pgd-steps", "2", "--jiio-iters", "2", "--baselines", "jfb"]
+    assert cli.main([*argv, "--step-sizes", "0.6", "--clock", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["clock"] == "cpu" and all(r["seconds"] > 0 for r in out["rows"] + out["baseline_rows"])
+    assert _timing._CLOCK["now"] is __import__("time").process_time
+    assert cli.main([*argv, "--clock", "cpu", "--device", "cuda"]) == 2 or not torch.cuda.is_available()
+    _timing.use_clock("wall")
+    with pytest.raises(ValueError, match="clock"):
+        _timing.use_clock("sundial")
