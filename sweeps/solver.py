@@ -33,7 +33,6 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "orchestrator", "sweep.py")):
     sys.path.insert(0, _ROOT)
 
-from orchestrator.solve_trial import ensure_checkpoint  # noqa: E402
 from orchestrator.sweep import Dim  # noqa: E402
 from orchestrator.sweep_cli import SweepSpec, main, paper_jiio  # noqa: E402
 
@@ -98,6 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def prepare(
     args: argparse.Namespace, fixed_: dict[str, Any], data: dict[str, Any], name: str
 ) -> dict[str, Any]:
+    from orchestrator.solve_trial import ensure_checkpoint  # torch: only once the flags are valid
+
     checkpoint = ensure_checkpoint(args.checkpoint, args.storage, name, fixed_, data)
     if fixed_.get("task") == "adversarial" and not getattr(args, "no_baseline_reference", False):
         small = {"baselines": "jfb", "step_sizes": (0.6,)} if args.smoke else {}  # --smoke: plumbing
