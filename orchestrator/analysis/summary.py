@@ -53,7 +53,16 @@ from orchestrator.analysis.seeds import (
 )
 from orchestrator.hints import jiio
 
-__all__ = ["Interval", "PerSample", "compare_values", "objectives", "ranked", "status_of", "summarize"]
+__all__ = [
+    "Interval",
+    "PerSample",
+    "compare_values",
+    "objectives",
+    "ranked",
+    "requested_runs",
+    "status_of",
+    "summarize",
+]
 
 GUESSES = ("robust_acc", "test_psnr_median", "test_psnr", "inner_objective")
 FINISHED = ("completed", "diverged", "pruned")
@@ -209,7 +218,7 @@ def _progress(
     if running:
         time_s["running"] = float(sum(float(open_[t].get("wall_s") or 0.0) for t in running))
     driver = src.driver(sweep)
-    requested = meta.get("trials") if isinstance(meta.get("trials"), int) else None
+    requested = requested_runs(meta)
     if driver is not None:
         state = "running"
     elif running or retrying or (requested and len(trials) < requested):
@@ -238,6 +247,20 @@ def _progress(
         )
 
 
+def requested_runs(meta: dict[str, Any]) -> int | None:
+    """The trials a sweep asked for: its configurations times its training seeds (``--seeds``).
+
+    Example:
+        >>> requested_runs({"trials": 6, "seeds": [0, 1, 2]}), requested_runs({"trials": 6})
+        (18, 6)
+    """
+    trials = meta.get("trials")
+    if not isinstance(trials, int) or isinstance(trials, bool):
+        return None
+    seeds = meta.get("seeds")
+    return trials * (len(seeds) if isinstance(seeds, list) and seeds else 1)
+
+
 def _row(r: pd.Series, cols: list[str]) -> dict[str, Any]:
     return {c: _plain(r.get(c)) for c in cols if c in r}
 
@@ -255,7 +278,7 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sweep": sweep,
         "trials": len(trials),
-        "requested": meta.get("trials"),
+        "requested": requested_runs(meta),
         "status": status_of(trials).value_counts().to_dict() if len(trials) else {},
         "metrics": metrics,
         "modes": modes,
