@@ -33,6 +33,7 @@ def _row(tid: str, solve_s: float, **cfg) -> dict:
     return {"trial_id": tid, "inner_objective": -solve_s, "solve_s": solve_s, **base, **cfg}
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores: a checkpoint, the bench with its baselines, a plot
 def test_front_rows_run_as_labelled_variants(tmp_path, capsys):
     ckpt = tmp_path / "m.pt"
     assert (
@@ -86,6 +87,10 @@ def test_front_rows_run_as_labelled_variants(tmp_path, capsys):
         "2",
         "--jiio-iters",
         "4",
+        "--baselines",  # one warm baseline at one step size beside the cold one: the plumbing, fast
+        "jfb",
+        "--step-sizes",
+        "0.6",
         "--quiet",
     ]
     args = ["--results", str(tmp_path / "results"), "--name", "s", "--checkpoint", str(ckpt)]
