@@ -14,7 +14,7 @@ measure, mean -CE) and time to ``<storage>/baselines/<name>.json``; a trial beat
 baseline when it reaches its ``inner_objective`` sooner than the fastest baseline that gets
 there (``orchestrator.bench.reference.fastest_to``). ``benchmarks/solver_front.py`` reports
 that beside its paired re-measurement against the same baselines. ``--no-baseline-reference``
-skips it.
+and ``--smoke`` skip it.
 
     python sweeps/solver.py                      # trains a small digits model once, then sweeps
     python sweeps/solver.py --checkpoint model.pt --trials 40
@@ -100,9 +100,9 @@ def prepare(
     from orchestrator.solve_trial import ensure_checkpoint  # torch: only once the flags are valid
 
     checkpoint = ensure_checkpoint(args.checkpoint, args.storage, name, fixed_, data)
-    if fixed_.get("task") == "adversarial" and not getattr(args, "no_baseline_reference", False):
-        small = {"baselines": "jfb", "step_sizes": (0.6,)} if args.smoke else {}  # --smoke: plumbing
-        baseline_reference(checkpoint, args.storage, name, fixed_, data, **small)
+    skip = getattr(args, "no_baseline_reference", False) or args.smoke  # a smoke run: plumbing only
+    if fixed_.get("task") == "adversarial" and not skip:
+        baseline_reference(checkpoint, args.storage, name, fixed_, data)
     return {"checkpoint": checkpoint}
 
 
@@ -139,7 +139,8 @@ def baseline_reference(
         for p in m.parameters():
             p.requires_grad_(False)
     print(
-        f"baseline reference for {name}: cold and warm PGD-{cfg.pgd_steps} on the trials' batches ...",
+        f"baseline reference for {name}: cold and warm PGD-{grid.get('steps') or cfg.pgd_steps} "
+        "on the trials' batches ...",
         flush=True,
     )
     ref = reference.baseline_reference(trainer, **grid)

@@ -46,15 +46,17 @@ def baseline_reference(
     step_sizes: tuple[float, ...] = DEFAULT_STEP_SIZES,
     warm_tol: float = 1e-3,
     warm_max_iter: int = 18,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Every baseline on ``trainer.eval_batches("test")`` (adversarial task, modules loaded):
     per step, the mean ``-CE`` at the iterate (re-scored by the trainer's plain DEQ) and the
-    time at which it existed, summed over the batches as a trial's ``solve_s`` is."""
+    time at which it existed, summed over the batches as a trial's ``solve_s`` is; ``steps``
+    PGD steps (default the trainer's ``pgd_steps``)."""
     cfg = trainer.config
     if cfg.task != "adversarial":
         raise ValueError(f"the baseline reference covers the adversarial task, not {cfg.task!r}")
     ns = argparse.Namespace(warm_tol=warm_tol, warm_max_iter=warm_max_iter)
-    K, eps = cfg.pgd_steps, cfg.eps
+    K, eps = steps or cfg.pgd_steps, cfg.eps
     runs: dict[str, Any] = {baseline_label("pgd", None, cfg.pgd_step_size, "s"): (None, cfg.pgd_step_size)}
     for k in parse_baselines(baselines):
         for a in step_sizes:
