@@ -75,8 +75,7 @@ def _no_sweeps(src: Source, path: str, name: str | None) -> AnalyzeError:
         else "it is empty"
     )
     return AnalyzeError(
-        f"no results for sweep {name or '(any)'} under {path} (sweeps there: none; {there}): "
-        f"{_PATH_HINT}"
+        f"no results for sweep {name or '(any)'} under {path} (sweeps there: none; {there}): {_PATH_HINT}"
     )
 
 
