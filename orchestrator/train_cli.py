@@ -18,8 +18,8 @@ strong PGD (forward warm-started from the previous step's z*, at most
     jiio train --task adversarial --mode pgd --set pgd_warm=true --epochs 8 --out models/adv-pgdw.pt
 
 The checkpoint is written at the end of every epoch (to a temporary file, fsync'ed, then
-renamed over ``--out``): a crash or Ctrl-C loses at most the epoch in progress, and ``--resume`` continues from the last one
-with the same settings (a changed setting is refused, naming it).
+renamed over ``--out``): a crash or Ctrl-C loses at most the epoch in progress, and
+``--resume`` continues from the last one with the same settings (a changed setting is refused, naming it).
 """
 
 from __future__ import annotations
