@@ -261,6 +261,38 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
     results: list[dict[str, Any]] = []
+
+    def write() -> dict[str, Any]:
+        """Write the JSON with every model trained so far (after each one: a kill loses at
+        most the model in progress)."""
+        out = {
+            "settings": {
+                "seeds": args.seeds,
+                "modes": {m: MODES[m] for m in modes},
+                "epochs": args.epochs,
+                "max_steps_per_epoch": args.max_steps_per_epoch,
+                "pgd_warm_backward_iters": args.pgd_warm_backward_iters,
+                "samples": args.samples,
+                "attacks": args.attacks,
+                "eval_pgd_steps": args.eval_pgd_steps,
+                "eval_step_sizes": args.eval_step_sizes,
+                "eval_jiio_iters": args.eval_jiio_iters,
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "load_average_start": [round(v, 2) for v in load0],
+                "load_average_end": [round(v, 2) for v in os.getloadavg()],
+            },
+            "complete": len(results) == len(args.seeds) * len(modes),
+            "results": results,
+            "summary": _summary(results, modes),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(_finite(out), fh, indent=1, allow_nan=False)
+        os.replace(tmp, args.out)
+        return out
+
     for seed in args.seeds:
         for mode in modes:  # in turn: drift of the machine's load hits every mode alike
             t0 = time.perf_counter()
@@ -270,34 +302,12 @@ def main(argv: list[str] | None = None) -> int:
             row["load_average"] = [round(v, 2) for v in os.getloadavg()]
             results.append(row)
             print(
-                f"seed {seed} {mode:9s}: train {row['train_s']:.0f} s ({row['steps']} steps), clean "
-                f"{row['clean_acc']:.3f}, robust {row['robust_acc']:.3f}, by attack {row['acc_by_attack']}, "
-                f"load {row['load_average'][0]}",
+                f"seed {seed} {mode:9s}: train {row['train_s']:.0f} s, CPU {row['fit_cpu_s']:.0f} s "
+                f"({row['steps']} steps), clean {row['clean_acc']:.3f}, robust {row['robust_acc']:.3f}, "
+                f"by attack {row['acc_by_attack']}, load {row['load_average'][0]}",
                 flush=True,
             )
-    out = {
-        "settings": {
-            "seeds": args.seeds,
-            "modes": {m: MODES[m] for m in modes},
-            "epochs": args.epochs,
-            "max_steps_per_epoch": args.max_steps_per_epoch,
-            "pgd_warm_backward_iters": args.pgd_warm_backward_iters,
-            "samples": args.samples,
-            "attacks": args.attacks,
-            "eval_pgd_steps": args.eval_pgd_steps,
-            "eval_step_sizes": args.eval_step_sizes,
-            "eval_jiio_iters": args.eval_jiio_iters,
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "load_average_start": [round(v, 2) for v in load0],
-            "load_average_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        "results": results,
-        "summary": _summary(results, modes),
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(_finite(out), fh, indent=1, allow_nan=False)
+            out = write()
     for key, s in out["summary"].items():
         print(key, json.dumps(s))
     print(f"wrote {args.out}")
