@@ -152,12 +152,13 @@ def _strong(
     jiio_rows: dict[str, dict[str, Any]],
     score: Callable[[list[Tensor]], dict[str, Tensor]],
     clean: dict[str, Tensor],
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Every baseline (the cold PGD run and each warm one, every iterate re-scored by the
     plain DEQ) against every JIIO variant by cross-entropy, margin loss and accuracy
     (:func:`orchestrator.bench.strong.compare`); plus one row per baseline at K steps."""
     K = args.pgd_steps
-    per = collect(cold, warm, runs, last, K, score)
+    per = collect(cold, warm, runs, last, K, score, log)
     keys = {"loss": ("ce", True), "margin": ("margin", True), "accuracy": ("correct", False)}
     out = compare_samples(per, samples, {v: r["seconds_all"] for v, r in jiio_rows.items()}, keys, clean)
     rows = [_row("pgd", K, b, [t[K] for t in d["times"]], d["samples"][K]) for b, d in per.items()]
@@ -308,7 +309,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     def score(xs: list[Tensor]) -> dict[str, Tensor]:  # one iterate per batch, re-scored
         return _cat([_per_sample(model, xi, x, y) for xi, (x, y) in zip(xs, batches, strict=True)])
 
-    strong = _strong(args, cold, strong_runs, strong_last, warm, samples, by, score, clean)
+    strong = _strong(args, cold, strong_runs, strong_last, warm, samples, by, score, clean, log)
     for name, v in versus.items():
         v["fastest"] = strong["versus"][name]  # against the fastest baseline reaching it
     tol = 1e-5 * max(1.0, args.eps)

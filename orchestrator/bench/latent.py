@@ -310,7 +310,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     def score(xs: list[Tensor]) -> dict[str, Tensor]:  # one latent per batch, re-scored
         return {"loss": torch.cat([per_image(xi, t) for xi, (t, _) in zip(xs, batches, strict=True)])}
 
-    per = collect(cold, warm, strong_runs, strong_last, S, score)
+    per = collect(cold, warm, strong_runs, strong_last, S, score, log)
     strong = compare_samples(
         per,
         {v: {"loss": loss} for v, loss in losses.items()},
@@ -327,7 +327,11 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     eq = versus[f"jiio-{args.jiio_iters}"]["equal_loss"]
     reach = eq["step"]
     adam_t = curves[f"adam-{S}"]["seconds"][reach] if reach is not None else None
-    plot = _plot_latent(args.plot, curves, rows, device, size, args) if args.plot else None
+    plot = (
+        _plot_latent(args.plot, curves, rows, device, size, args, strong["baselines"], args.clock)
+        if args.plot
+        else None
+    )
     if plot:
         log(f"wrote {plot}")
     return {

@@ -26,6 +26,24 @@ __all__ = [
 ]
 
 
+def _best_warm(baselines: dict[str, Any] | None, key: str, higher: bool) -> dict[str, str]:
+    """Per warm family (``jfb``, ``ift-K``), the label of its strongest step size at the full
+    step budget by ``key``: the one curve per family a plot draws beside the cold baseline."""
+    best: dict[str, str] = {}
+    for label, d in (baselines or {}).items():
+        if d.get("family") in (None, "cold"):
+            continue
+        fam = "jfb" if d["family"] == "jfb" else f"ift-{d['backward_iters']}"
+        end = d["curve"][key][-1]
+        if fam not in best:
+            best[fam] = label
+            continue
+        other = baselines[best[fam]]["curve"][key][-1]
+        if (end > other) if higher else (end < other):
+            best[fam] = label
+    return best
+
+
 def _plot_latent(
     path: str,
     curves: dict[str, dict[str, list[float]]],
@@ -33,8 +51,12 @@ def _plot_latent(
     device: torch.device,
     size: str,
     args: argparse.Namespace,
+    baselines: dict[str, Any] | None = None,
+    clock: str = "wall",
 ) -> str:
-    """Paper Fig. 3: reconstruction loss against wall time, one curve per method."""
+    """Paper Fig. 3: reconstruction loss against time, one curve per method; dashed, the warm
+    baselines (``baselines``: :func:`orchestrator.bench.strong.compare`'s), the best rate per
+    family."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,9 +67,12 @@ def _plot_latent(
         label = row.get("label") or ("Adam " if row["method"] == "adam" else "JIIO ") + str(row["steps"])
         (line,) = ax.plot(c["seconds"], c["loss"], label=label)
         ax.plot([row["seconds"]], [row["loss"]], "o", color=line.get_color(), markersize=5)
+    for label in _best_warm(baselines, "loss", False).values():
+        c = baselines[label]["curve"]  # type: ignore[index]
+        ax.plot(c["seconds"][1:], c["loss"][1:], "--", linewidth=1.2, label=f"{label} (warm)")
     main = next(r for r in rows if r["method"] == "jiio" and r["steps"] == args.jiio_iters)
     ax.axhline(main["loss"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("wall time (s)")
+    ax.set_xlabel(f"{'CPU' if clock == 'cpu' else 'wall'} time (s)")
     ax.set_ylabel("reconstruction loss (summed SE per image)")
     ax.set_yscale("log")
     n = getattr(args, "samples", args.batch)
@@ -68,8 +93,9 @@ def _plot_latent(
 
 
 def _plot_attack(path: str, out: dict[str, Any]) -> str:
-    """Strength against time: PGD's per-step curve (with its 95% band) and every JIIO variant
-    (95% intervals), by cross-entropy (left) and accuracy under attack (right)."""
+    """Strength against time: the paper's cold PGD per-step curve (with its 95% band), the warm
+    baselines (dashed; per family the step size strongest at the full budget) and every JIIO
+    variant (95% intervals), by cross-entropy (left) and accuracy under attack (right)."""
     import matplotlib
     import matplotlib.ticker
 
@@ -82,7 +108,12 @@ def _plot_attack(path: str, out: dict[str, Any]) -> str:
     t = [c["seconds"][k] for k in ks]
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ys = [c[key][k] for k in ks]
-        ax.plot(t, ys, "-o", color="black", markersize=3, label=f"PGD-k, k = 1..{len(t)}")
+        ax.plot(t, ys, "-o", color="black", markersize=3, label=f"PGD-k cold (paper), k = 1..{len(t)}")
+        warm = out.get("baselines")
+        for label in _best_warm(warm, "loss", True).values():
+            w = warm[label]["curve"]  # type: ignore[index]
+            name = f"{label} (warm), k = 1..{len(t)}"
+            ax.plot(w["seconds"][1:], w[key][1:], "--", linewidth=1.2, label=name)
         if key == "loss":
             ax.fill_between(
                 t,
@@ -107,17 +138,20 @@ def _plot_attack(path: str, out: dict[str, Any]) -> str:
             )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(f"wall time per batch of {cfg['batch']} (s, median)")
+        clock = "CPU" if out.get("clock") == "cpu" else "wall"
+        ax.set_xlabel(f"{clock} time per batch of {cfg['batch']} (s, median)")
         ax.set_ylabel("cross-entropy at the attack point" if key == "loss" else "accuracy under attack")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, title="95% intervals", title_fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()  # below the plots: covers no data
+    legend = {"title": "95% intervals", "title_fontsize": 7, "fontsize": 7}
+    fig.legend(handles, labels, loc="lower center", ncol=4, **legend)
     src = out["model"].get("path") or "trained here"
     fig.suptitle(
         f"{cfg['size']} MDEQ, {cfg['dataset']}, {src}, L2 eps {cfg['eps']}, "
         f"{cfg['samples']} samples, {out['device']}",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 + 0.035 * ((len(labels) + 3) // 4), 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

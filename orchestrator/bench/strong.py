@@ -201,16 +201,20 @@ def collect(
     last: dict[str, list[Any]],
     steps: int,
     score: Callable[[list[Tensor]], dict[str, Tensor]],
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every baseline's timings and re-scored per-step samples, the cold one first.
 
     ``cold``: ``{"label", "times", "samples", "info"}`` (already scored); ``warm``: label ->
     (backward iterations, step size); ``runs[label]``: the timing runs (``times`` per step),
     ``last[label]``: the last pass's outputs per batch (``inputs`` per step, ``stats``);
-    ``score(xs)``: per-sample values of one iterate per batch (a dict of tensors).
+    ``score(xs)``: per-sample values of one iterate per batch (a dict of tensors); ``log``
+    gets one progress line per baseline (re-scoring every iterate takes minutes).
     """
     per = {cold["label"]: {**{k: v for k, v in cold.items() if k != "label"}, "stats": []}}
-    for name, (k, a) in warm.items():
+    for i, (name, (k, a)) in enumerate(warm.items()):
+        if log is not None:
+            log(f"re-scoring {name}'s {steps + 1} iterates by the plain DEQ ({i + 1}/{len(warm)})")
         outs = last[name]
         per[name] = {
             "times": [r["times"] for r in runs[name]],

@@ -291,3 +291,105 @@ def test_cpu_clock_times_this_process_and_is_stated(capsys):
     _timing.use_clock("wall")
     with pytest.raises(ValueError, match="clock"):
         _timing.use_clock("sundial")
+
+
+# --- plots: the warm baselines are drawn ---------------------------------------------------
+
+
+def _baseline(family: str, k: int | None, size: float, loss: list[float]) -> dict:
+    n = len(loss)
+    curve = {"seconds": [0.1 * i for i in range(n)], "loss": loss, "accuracy": [1 - v / 2 for v in loss]}
+    return {"family": family, "backward_iters": k, "step_size": size, "curve": curve}
+
+
+def test_best_warm_keeps_the_strongest_step_size_per_family():
+    from orchestrator.bench.report import _best_warm
+
+    b = {
+        "pgd-cold-s0.6": _baseline("cold", None, 0.6, [0.1, 0.9, 2.0]),  # strongest, but cold
+        "pgd-jfb-s0.3": _baseline("jfb", 0, 0.3, [0.1, 0.5, 0.7]),
+        "pgd-jfb-s1.2": _baseline("jfb", 0, 1.2, [0.1, 0.6, 0.8]),
+        "pgd-ift4-s0.3": _baseline("ift", 4, 0.3, [0.1, 0.9, 1.1]),
+        "pgd-ift4-s1.2": _baseline("ift", 4, 1.2, [0.1, 0.9, 1.0]),
+        "pgd-ift18-s0.6": _baseline("ift", 18, 0.6, [0.1, 0.9, 1.05]),
+    }
+    # brute force: per family, the label with the largest (or smallest) last value
+    for key, higher in (("loss", True), ("accuracy", False)):
+        want = {}
+        for fam in ("jfb", "ift-4", "ift-18"):
+            members = [
+                lbl
+                for lbl, d in b.items()
+                if d["family"] != "cold"
+                and ("jfb" if d["family"] == "jfb" else f"ift-{d['backward_iters']}") == fam
+            ]
+            pick = max if higher else min
+            want[fam] = pick(members, key=lambda lbl, key=key: b[lbl]["curve"][key][-1])
+        assert _best_warm(b, key, higher) == want
+    assert _best_warm(None, "loss", True) == {}
+
+
+def test_attack_plot_draws_cold_and_warm_baselines_and_every_variant(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from orchestrator.bench.report import _plot_attack
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    loss = [0.3, 0.8, 0.9, 1.0]
+    out = {
+        "clock": "cpu",
+        "device": "test cpu",
+        "config": {"batch": 64, "size": "tiny", "dataset": "digits", "eps": 1.0, "samples": 128},
+        "model": {"path": "m.pt"},
+        "pgd_curve": {
+            "seconds": [0.0, 1.0, 2.0, 3.0],
+            "loss": loss,
+            "accuracy": [0.9, 0.7, 0.6, 0.55],
+            "loss_ci": [[v - 0.1, v + 0.1] for v in loss],
+        },
+        "rows": [
+            {"method": "pgd", "label": "pgd-3"},
+            *(
+                {
+                    "method": "jiio",
+                    "label": lbl,
+                    "seconds": t,
+                    "loss": 1.0,
+                    "loss_ci": [0.9, 1.1],
+                    "accuracy": 0.5,
+                    "accuracy_ci": [0.4, 0.6],
+                }
+                for lbl, t in (("jiio-8", 0.5), ("fast", 0.2))
+            ),
+        ],
+        "baselines": {
+            "pgd-cold-s0.6": _baseline("cold", None, 0.6, loss),
+            "pgd-jfb-s0.6": _baseline("jfb", 0, 0.6, [0.3, 0.5, 0.6, 0.65]),
+            "pgd-ift4-s0.3": _baseline("ift", 4, 0.3, [0.3, 0.7, 0.9, 0.95]),
+            "pgd-ift4-s1.2": _baseline("ift", 4, 1.2, [0.3, 0.8, 1.0, 1.02]),
+        },
+    }
+    _plot_attack(str(tmp_path / "p.png"), out)
+    (fig,) = kept
+    assert (tmp_path / "p.png").stat().st_size > 0
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert labels[0].startswith("PGD-k cold (paper)")
+    # one warm curve per family, the strongest step size; the weaker ift4 one is not drawn
+    assert any(lbl.startswith("pgd-jfb-s0.6 (warm)") for lbl in labels)
+    assert any(lbl.startswith("pgd-ift4-s1.2 (warm)") for lbl in labels)
+    assert not any("pgd-ift4-s0.3" in lbl for lbl in labels)
+    assert {"jiio-8", "fast"} <= set(labels)
+    left, right = fig.axes[:2]
+    warm = [ln for ln in left.get_lines() if ln.get_label().startswith("pgd-ift4-s1.2")]
+    assert list(warm[0].get_ydata()) == [0.8, 1.0, 1.02]  # iterates 1..K, by loss on the left
+    warm = [ln for ln in right.get_lines() if ln.get_label().startswith("pgd-ift4-s1.2")]
+    assert list(warm[0].get_ydata()) == pytest.approx([0.6, 0.5, 0.49])  # accuracy on the right
+    assert all("CPU time" in ax.get_xlabel() for ax in (left, right))
+    # the legend sits below the axes: it covers no data
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert all(box.y1 <= ax.get_window_extent().y0 for ax in (left, right))
