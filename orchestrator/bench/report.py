@@ -63,13 +63,22 @@ def _plot_latent(
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+
+    def positive(c: dict[str, list[float]]) -> tuple[list[float], list[float]]:
+        """The points after the start (the time axis is logarithmic: the methods differ 10-fold)."""
+        pts = [(t, v) for t, v in zip(c["seconds"][1:], c["loss"][1:], strict=True) if t > 0]
+        return [t for t, _ in pts], [v for _, v in pts]
+
     for c, row in zip(curves.values(), rows, strict=True):
         label = row.get("label") or ("Adam " if row["method"] == "adam" else "JIIO ") + str(row["steps"])
-        (line,) = ax.plot(c["seconds"], c["loss"], label=label)
+        if row["method"] == "adam":
+            label += " cold (paper)"
+        (line,) = ax.plot(*positive(c), label=label)
         ax.plot([row["seconds"]], [row["loss"]], "o", color=line.get_color(), markersize=5)
     for label in _best_warm(baselines, "loss", False).values():
         c = baselines[label]["curve"]  # type: ignore[index]
-        ax.plot(c["seconds"][1:], c["loss"][1:], "--", linewidth=1.2, label=f"{label} (warm)")
+        ax.plot(*positive(c), "--", linewidth=1.2, label=f"{label} (warm)")
+    ax.set_xscale("log")
     main = next(r for r in rows if r["method"] == "jiio" and r["steps"] == args.jiio_iters)
     ax.axhline(main["loss"], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel(f"{'CPU' if clock == 'cpu' else 'wall'} time (s)")
@@ -85,7 +94,8 @@ def _plot_latent(
         f"dots: loss re-solved at the result\ndotted: JIIO {args.jiio_iters}'s loss\n"
         "JIIO curves: its own objective"
     )
-    ax.legend(title=legend, title_fontsize=8, fontsize=8)
+    ax.legend(title=legend, title_fontsize=8, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.set_size_inches(9.0, 4.2)  # the legend right of the axes: it covers no curve
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
