@@ -123,7 +123,17 @@ def test_five_sigkills_at_random_moments_then_resume_gives_exactly_n_trials(tmp_
             lambda: (
                 bool(store.keys("trials", name)) and "pruned" in set(store.read("trials", name)["status"])
             ),
+        )
+        if seeds == 1
+        else (  # a replicated sweep runs FIFO (no ASHA): kill between a configuration's seeds
+            "after a run finished while another one runs",
+            lambda: (
+                bool(set(store.pending(name)) - set(store.keys("trials", name)))
+                and bool(store.keys("trials", name))
+            ),
         ),
+        # Random moments early enough to land before the sweep ends (a resume takes about
+        # 8 s to start its trials; the runs left after three kills take longer than 12 s).
         ("at a random time", None),
         ("at a random time", None),
     ]
@@ -137,7 +147,7 @@ def test_five_sigkills_at_random_moments_then_resume_gives_exactly_n_trials(tmp_
                 args, env=ENV, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
             if cond is None:
-                deadline = time.time() + rng.uniform(4, 25)
+                deadline = time.time() + rng.uniform(4, 12)
                 _wait(lambda d=deadline: time.time() > d, proc, log)
             else:
                 _wait(cond, proc, log)
