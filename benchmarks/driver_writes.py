@@ -136,8 +136,8 @@ def _run(mode: str, n: int, bucket: str, direct, proxy: LatencyProxy) -> dict[st
     from ray.tune.utils.util import warn_if_slow
 
     from orchestrator.driver_writes import DriverWrites
-    from orchestrator.results import ResultStore
     from orchestrator.search import Dim
+    from orchestrator.storage import ResultStore
     from orchestrator.sweep import SweepConfig, _pruning_asha
 
     sweep = f"bench-{mode}"

@@ -222,8 +222,8 @@ class Sampler(threading.Thread):
 def warm_start(cfg) -> dict[str, float]:
     """Seconds of each step ``orchestrator.sweep._run_locked`` takes on a resume before Tune
     starts (no Ray call: ``max_concurrent`` is set). ``write_meta`` writes the same meta."""
-    from orchestrator.results import ResultStore
     from orchestrator.search import make_searcher
+    from orchestrator.storage import ResultStore
     from orchestrator.sweep_state import check_resume, plan_run, write_meta
 
     out: dict[str, float] = {}
@@ -270,7 +270,7 @@ def resume_phase(args: argparse.Namespace) -> int:
     """``--phase resume``: this process is a fresh driver resuming the sweep to ``--trials``."""
     import ray
 
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
     from orchestrator.sweep import run_sweep
 
     t_imported = time.perf_counter()
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import ray
 
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
     from orchestrator.sweep import run_sweep
 
     fds_start = _fds()

@@ -34,8 +34,8 @@ import pandas as pd
 from orchestrator.analysis.report import confirm_text, console_width
 from orchestrator.analysis.seeds import confirm_summary
 from orchestrator.hints import jiio
-from orchestrator.results import ResultStore
 from orchestrator.search import Dim
+from orchestrator.storage import ResultStore
 from orchestrator.sweep import SweepConfig, run_sweep
 
 __all__ = ["add_arguments", "plan_confirm", "report", "run", "summarize"]
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.resume or not store.meta(cfg.name):
         side = {"parent": args.name, "top": args.top, "seeds": args.seeds}
-        store.put(f"{store.base}/meta/sweep={cfg.name}/confirm.json", json.dumps(side).encode())
+        store.write_meta(cfg.name, json.dumps(side).encode(), name="confirm.json")
     outcome = run_sweep(cfg)
     print()
     code = report(args.path, args.name, args.json, args.out, not args.no_report)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Subset
 
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore, layout
 from orchestrator.tasks import TaskConfig
 
 __all__ = ["train_data_parallel"]
@@ -51,7 +51,7 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def _result_path(store: ResultStore, sweep: str, trial_id: str) -> str:
-    return f"{store.base}/pending/sweep={sweep}/{trial_id}.result"
+    return layout.dp_result_file(store.base, sweep, trial_id)
 
 
 def train_data_parallel(
@@ -84,7 +84,6 @@ def train_data_parallel(
     )
     trainer.fit()
     path = _result_path(store, meta.name, trial_id)
-    with store.fs.open_input_stream(path) as f:
-        result = json.loads(f.read().decode())
-    store.fs.delete_file(path)
+    result = json.loads(store.get(path).decode())
+    store.delete(path)
     return result["metrics"], result["status"]

@@ -39,8 +39,8 @@ import math
 import warnings
 from typing import Any
 
-from orchestrator.results import ResultStore
 from orchestrator.search import Dim
+from orchestrator.storage import ResultStore
 
 __all__ = ["ExportError", "open_storage", "to_optuna"]
 

@@ -22,8 +22,7 @@ from torch import Tensor
 
 from jiio_core import JIIOResult
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.lock import assert_driver
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore, assert_driver, layout, load_bytes, read_checkpoint
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.common import mean_trace
 from orchestrator.tasks.generative import psnr
@@ -32,45 +31,7 @@ from orchestrator.tasks.registry import make_trainer
 if TYPE_CHECKING:
     from orchestrator.trial_meta import SweepMeta
 
-__all__ = ["ensure_checkpoint", "file_exists", "load_bytes", "pareto_front", "read_checkpoint", "run_solve"]
-
-
-def file_exists(path: str) -> bool:
-    """Whether a local path or an ``s3://`` / ``gs://`` URI names an existing file."""
-    import pyarrow.fs as pafs
-
-    if "://" not in path:
-        return os.path.isfile(path)
-    fs, p = pafs.FileSystem.from_uri(path)
-    return fs.get_file_info(p).type == pafs.FileType.File
-
-
-def load_bytes(path: str) -> bytes:
-    """Read a file from a local path or an ``s3://`` / ``gs://`` URI."""
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        fs, p = pafs.FileSystem.from_uri(path)
-    else:
-        fs, p = pafs.LocalFileSystem(), path
-    if fs.get_file_info(p).type != pafs.FileType.File:
-        raise FileNotFoundError(
-            f"checkpoint {path!r} not found: pass a Trainer checkpoint saved with torch.save"
-        )
-    with fs.open_input_stream(p) as f:
-        return f.read()
-
-
-def read_checkpoint(path: str) -> Any:
-    """``torch.load`` (CPU, weights only) of a local path or an ``s3://`` / ``gs://`` URI.
-    Raises :class:`FileNotFoundError` when it is missing and :class:`ValueError` (one line)
-    when it cannot be read as a checkpoint (unpickling, zip or EOF errors)."""
-    data = load_bytes(path)
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # every failure here means "not a checkpoint"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
+__all__ = ["ensure_checkpoint", "pareto_front", "run_solve"]
 
 
 def ensure_checkpoint(
@@ -89,12 +50,9 @@ def ensure_checkpoint(
         load_bytes(path)  # fail early, with the message above, if it is missing
         # trials run in Ray's own working directories: a relative local path would miss
         return path if "://" in path else os.path.abspath(path)
-    import pyarrow.fs as pafs
-
     store = ResultStore(storage)
-    target = f"{store.base}/models/{name}.pt"
-    uri = target if "://" not in storage else f"{storage.rstrip('/')}/models/{name}.pt"
-    if store.fs.get_file_info(target).type == pafs.FileType.File:
+    target, uri = store.model_path(name), store.model_uri(name)
+    if store.is_file(target):
         return uri  # trained by an earlier run of this sweep: every trial must see the same model
     train_mode = "clean" if fixed.get("task") == "adversarial" else "jiio"
     cfg = TaskConfig.from_flat({**fixed, "mode": train_mode, "device": "cpu"})
@@ -222,8 +180,8 @@ def run_solve(
     if n == 0:
         raise ValueError("the test split gave no batch to solve (check eval_batches and the dataset limits)")
     assert_driver(store, meta.name, meta.extra.get("driver_token"))  # not an orphan of a dead driver
-    store.write("steps", meta.name, f"{trial_id}-e0000", rows)
-    store.write("traces", meta.name, f"{trial_id}-e0000", traces)
+    store.write("steps", meta.name, layout.epoch_key(trial_id, 0), rows)
+    store.write("traces", meta.name, layout.epoch_key(trial_id, 0), traces)
     metrics = {
         "inner_objective": sum(objective) / n,
         "solve_s": seconds,

@@ -36,10 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.driver_writes import DriverWriteError, DriverWrites
-from orchestrator.lock import SweepLock
-from orchestrator.results import ResultStore
 from orchestrator.space import Dim
-from orchestrator.storage_check import check_shared, remove_marker
+from orchestrator.storage import ResultStore, SweepLock, check_shared, layout, remove_marker
 from orchestrator.sweep_state import (
     FINISHED,
     check_resume,
@@ -312,7 +310,7 @@ def _run_tuner(
     from orchestrator.search import make_searcher
     from orchestrator.trainable import run_trial  # torch: imported once a sweep runs
 
-    storage_path = cfg.storage if "://" in cfg.storage else store.base
+    storage_path = cfg.storage if layout.is_uri(cfg.storage) else store.base
     meta = SweepMeta(
         name=cfg.name,
         storage=storage_path,  # trials run in other working directories
@@ -327,7 +325,7 @@ def _run_tuner(
             "gpus_per_trial": cfg.gpus_per_trial,
             "cpus_per_trial": cfg.cpus_per_trial,
             "workers_per_trial": cfg.workers_per_trial,
-            "ray_storage": f"{storage_path}/ray",
+            "ray_storage": layout.ray_dir(storage_path),
             "storage_marker": marker,
             **cfg.extra,
         },
@@ -390,7 +388,7 @@ def _run_tuner(
         ),
         run_config=tune.RunConfig(
             name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=f"{storage_path}/ray",
+            storage_path=layout.ray_dir(storage_path),
             verbose=1 if cfg.verbose else 0,
             callbacks=([console] if console is not None else []) + trackers or None,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -466,7 +464,7 @@ def reopen_best_pruned(
     best = pruned.loc[values.idxmax() if mode == "max" else values.idxmin()]
     tid = str(best["trial_id"])
     store.quarantine(
-        f"{store.base}/trials/sweep={cfg.name}/{tid}.parquet",
+        store.table_file("trials", cfg.name, tid),
         "sweep had no completed trial; this pruned trial was reopened by --resume to run to its last epoch",
     )
     record = records[tid]

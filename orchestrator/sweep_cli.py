@@ -267,7 +267,7 @@ def _target_trials(args: argparse.Namespace, name: str) -> int:
     if args.trials is not None:
         return args.trials
     if args.resume:
-        from orchestrator.results import ResultStore
+        from orchestrator.storage import ResultStore
 
         try:
             stored = (ResultStore(args.storage).meta(name) or {}).get("trials")
@@ -281,7 +281,7 @@ def _target_trials(args: argparse.Namespace, name: str) -> int:
 def _refuse_existing(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
     """A sweep that already has results, started again without ``--resume``: refused here,
     before Ray starts (the driver checks again under its lock)."""
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     if (
         "://" not in args.storage
@@ -391,7 +391,7 @@ def configure(spec: SweepSpec, argv: list[str]) -> tuple[argparse.Namespace, Swe
 def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, cfg = configure(spec, argv)
-    from orchestrator.lock import SweepLockedError
+    from orchestrator.storage import SweepLockedError
     from orchestrator.sweep import SweepExistsError
 
     _say(args._settings_line)
@@ -467,7 +467,7 @@ def _analysis(storage: str, name: str) -> None:
     import io
     import tempfile
 
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore, layout
 
     with tempfile.TemporaryDirectory() as tmp:
         out = io.StringIO()
@@ -478,10 +478,10 @@ def _analysis(storage: str, name: str) -> None:
             print(out.getvalue() + f"(no analysis: {exc})")
             return
         store = ResultStore(storage)
-        target = f"{storage.rstrip('/')}/analysis/{name}"
+        target = f"{storage.rstrip('/')}/{layout.relative(store.base, store.analysis_path(name))}"
         for entry in sorted(os.listdir(tmp)):
             with open(os.path.join(tmp, entry), "rb") as f:
-                store.put(f"{store.base}/analysis/{name}/{entry}", f.read())
+                store.put(f"{store.analysis_path(name)}/{entry}", f.read())
         print(out.getvalue().replace(tmp, target), end="")
 
 

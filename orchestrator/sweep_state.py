@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore, layout
 from orchestrator.trial_meta import PLACEMENT_KEYS, PROVENANCE_KEYS, provenance
 
 __all__ = [
@@ -99,9 +99,7 @@ def write_meta(store: ResultStore, cfg, paper_ids: list[str]) -> None:
         "paper_trial_ids": old.get("paper_trial_ids") or paper_ids,
         "created_at": old.get("created_at", time.time()),
     }
-    store.put(
-        f"{store.base}/meta/sweep={cfg.name}/sweep.json", json.dumps(meta, indent=1, default=repr).encode()
-    )
+    store.write_meta(cfg.name, json.dumps(meta, indent=1, default=repr).encode())
 
 
 @dataclass
@@ -252,9 +250,9 @@ def driver_row(
 def quarantine_incomplete(store: ResultStore, sweep: str) -> None:
     """Unreadable steps/traces files move to ``corrupt/``; a finished trial that lost one
     has its row moved there too, so this run recomputes it (under the same keys)."""
-    bad = {key.rsplit("-e", 1)[0] for table in ("steps", "traces") for key in store.check(table, sweep)}
+    bad = {layout.trial_of_key(key) for table in ("steps", "traces") for key in store.check(table, sweep)}
     for tid in sorted(bad & set(store.keys("trials", sweep))):
-        path = f"{store.base}/trials/sweep={sweep}/{tid}.parquet"
+        path = store.table_file("trials", sweep, tid)
         where = store.quarantine(path, "a steps or traces file of this trial was unreadable")
         print(
             f"trial {tid}: some of its rows were unreadable; its row moved to {where}, it runs again",
@@ -266,7 +264,7 @@ def finish_compaction(store: ResultStore, sweep: str, finished: set[str]) -> Non
     """Per-epoch files of finished trials (a compaction interrupted by a kill, or results of
     earlier versions) are merged into one file per trial."""
     for table in ("steps", "traces"):
-        left = {k.rsplit("-e", 1)[0] for k in store.keys(table, sweep) if "-e" in k} & finished
+        left = {layout.trial_of_key(k) for k in store.keys(table, sweep) if layout.is_epoch_key(k)} & finished
         for tid in sorted(left):
             store.compact(table, sweep, tid)
 

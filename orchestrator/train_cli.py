@@ -25,14 +25,13 @@ renamed over ``--out``): a crash or Ctrl-C loses at most the epoch in progress, 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 import time
 from typing import Any
 
-__all__ = ["add_arguments", "run", "save_checkpoint"]
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,60 +99,8 @@ def _config(args: argparse.Namespace) -> Any:
     return TaskConfig.from_flat(flat)
 
 
-def _remote(path: str) -> bool:
-    return "://" in path
-
-
-def save_checkpoint(state: dict[str, Any], path: str) -> None:
-    """Write ``torch.save(state)`` to ``path`` so that a crash leaves the old checkpoint or the
-    new one, never a torn one. Object storage (``s3://``, ``gs://``): one PUT
-    (:meth:`ResultStore.put`). Local: ``path.tmp-<pid>`` beside it, fsync'ed, renamed over
-    ``path``, the directory fsync'ed; the pid lets a later run remove the file of a run
-    killed mid-write (:func:`_clean_stale`) without touching a live run's."""
-    import torch
-
-    if _remote(path):
-        from orchestrator.results import ResultStore
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        parent, name = path.rstrip("/").rsplit("/", 1)
-        store = ResultStore(parent)
-        store.put(f"{store.base}/{name}", buf.getvalue())
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _clean_stale(path: str) -> None:
-    """Remove ``path.tmp-<pid>`` files of runs that died while saving (their pid is gone)."""
-    import glob
-
-    if _remote(path):
-        return  # a PUT leaves no temporary object
-    for tmp in glob.glob(f"{glob.escape(path)}.tmp-*"):
-        try:
-            pid = int(tmp.rsplit("-", 1)[1])
-            os.kill(pid, 0)  # alive (or not ours): leave it
-        except ValueError:
-            continue
-        except ProcessLookupError:
-            os.remove(tmp)
-        except PermissionError:
-            continue
-
-
 def _read_checkpoint(path: str) -> dict[str, Any]:
-    from orchestrator.solve_trial import read_checkpoint
+    from orchestrator.storage import read_checkpoint
 
     try:
         state = read_checkpoint(path)
@@ -194,19 +141,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from orchestrator.data import DataConfig, DatasetNotFoundError, load_dataset
+    from orchestrator.storage import clean_stale_saves, is_remote, save_checkpoint
     from orchestrator.tasks.registry import make_trainer
 
     cfg = _config(args)  # ValueError: bad input, one line
-    if not _remote(args.out):
+    if not is_remote(args.out):
         parent = os.path.dirname(os.path.abspath(args.out))
         try:
             os.makedirs(parent, exist_ok=True)  # models/ on a fresh checkout
         except OSError as err:
             raise ValueError(f"--out {args.out}: cannot create directory {parent}: {err.strerror}") from None
-    from orchestrator.solve_trial import file_exists
+    from orchestrator.storage import file_exists
 
     try:
-        exists = file_exists(args.out) if _remote(args.out) else os.path.exists(args.out)
+        exists = file_exists(args.out) if is_remote(args.out) else os.path.exists(args.out)
     except (OSError, ValueError) as err:  # unknown scheme, no credentials, no such bucket
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"--out {args.out}: cannot reach it: {first}") from None
@@ -226,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(err)) from None
     torch.manual_seed(args.seed)
     trainer = make_trainer(cfg, data)
-    _clean_stale(args.out)
+    clean_stale_saves(args.out)
     flat = {**cfg.to_flat(), "dataset": args.dataset}  # the dataset too: bench --checkpoint checks it
     if args.resume:
         state = _read_checkpoint(args.out)

@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.lock import assert_driver
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore, assert_driver, layout
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.registry import make_trainer
 from orchestrator.trial_meta import SweepMeta, derived_metrics, objective_values
@@ -68,7 +67,7 @@ def train(
     traces: list[dict[str, Any]] = []
 
     def flush(epoch_key: int) -> None:
-        key = f"{trial_id}-e{epoch_key:04d}"
+        key = layout.epoch_key(trial_id, epoch_key)
         store.write("steps", meta.name, key, steps)
         store.write("traces", meta.name, key, traces)
         steps.clear()

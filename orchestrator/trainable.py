@@ -24,9 +24,7 @@ from typing import Any
 import torch
 
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.lock import assert_driver
-from orchestrator.results import ResultStore
-from orchestrator.storage_check import assert_marker
+from orchestrator.storage import ResultStore, assert_driver, assert_marker
 from orchestrator.tasks import TaskConfig
 from orchestrator.trial_meta import (
     SweepMeta,

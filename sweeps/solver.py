@@ -113,19 +113,17 @@ def baseline_reference(
     ``<storage>/baselines/<name>.json``, unless an earlier run of this sweep did."""
     import io
 
-    import pyarrow.fs as pafs
     import torch
 
     from orchestrator.bench import reference
     from orchestrator.data import DataConfig, load_dataset
-    from orchestrator.results import ResultStore
-    from orchestrator.solve_trial import read_checkpoint
+    from orchestrator.storage import ResultStore, read_checkpoint
     from orchestrator.tasks import TaskConfig
     from orchestrator.tasks.registry import make_trainer
 
     store = ResultStore(storage)
-    target = f"{store.base}/baselines/{name}.json"
-    if store.fs.get_file_info(target).type == pafs.FileType.File:
+    target = store.baseline_path(name)
+    if store.is_file(target):
         return target  # a resumed sweep keeps the reference its trials are compared with
     state = read_checkpoint(checkpoint)
     keys = ("task", "model_size", "eps")

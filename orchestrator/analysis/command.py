@@ -35,7 +35,7 @@ _PATH_HINT = (
 
 def open_source(path: str) -> Source:
     """The results at ``path``, which must exist and be a directory (or an object-store prefix)."""
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     try:
         store = ResultStore(path)

@@ -315,7 +315,7 @@ def test_eval_counts_and_samples_reach_the_steps_table_not_tune(data, tmp_path, 
     row hold eval_n and no list."""
     import ray.tune
 
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
     from orchestrator.trainable import run_trial
     from orchestrator.trial_meta import SweepMeta
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.driver_writes import DriverWriteError, DriverWrites
-from orchestrator.results import ResultStore
 from orchestrator.search import Dim
+from orchestrator.storage import ResultStore
 from orchestrator.sweep import SweepConfig, _pruning_asha
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.export import to_optuna
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 from tests.orchestrator._planted import planted
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.lock import SweepLock, SweepLockedError
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore, SweepLock, SweepLockedError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,8 +35,8 @@ def test_a_second_driver_is_refused_with_the_first_ones_host_pid_and_start(tmp_p
         [
             sys.executable,
             "-c",
-            "import time; from orchestrator.results import ResultStore;"
-            "from orchestrator.lock import SweepLock;"
+            "import time; from orchestrator.storage import ResultStore;"
+            "from orchestrator.storage import SweepLock;"
             f"l = SweepLock(ResultStore({str(tmp_path)!r}), 's').acquire();"
             "print('held', flush=True); time.sleep(60)",
         ],
@@ -105,7 +104,7 @@ def test_a_torn_lock_file_is_taken_over(tmp_path):
 
 
 def test_a_trial_of_a_driver_that_lost_its_lock_must_not_write(tmp_path):
-    from orchestrator.lock import OrphanedTrialError, assert_driver
+    from orchestrator.storage import OrphanedTrialError, assert_driver
 
     store = ResultStore(str(tmp_path))
     lock = SweepLock(store, "s").acquire()

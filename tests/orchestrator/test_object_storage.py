@@ -9,8 +9,7 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from orchestrator.lock import SweepLock, SweepLockedError
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore, SweepLock, SweepLockedError
 
 
 def test_rows_records_and_a_corrupt_file_on_object_storage(s3_bucket):

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.results import ResultStore, arrow_schema
+from orchestrator.storage import ResultStore, arrow_schema
 
 
 def test_roundtrip_and_replacing_a_key_never_duplicates(tmp_path):
@@ -75,7 +75,7 @@ def test_pending_checkpoints_and_meta(tmp_path):
     store.save_checkpoint("s", "t1", b"abc")
     assert store.load_checkpoint("s", "t1") == b"abc" and store.keys("checkpoints", "s") == ["t1"]
     store.delete_checkpoint("s", "t1")
-    store.delete_pending("s", "t1")
+    store.mark_finished("s", "t1")
     assert store.load_checkpoint("s", "t1") is None and store.pending("s") == {}
     assert store.meta("s") is None
     store.put(f"{store.base}/meta/sweep=s/sweep.json", json.dumps({"metrics": ["acc"]}).encode())

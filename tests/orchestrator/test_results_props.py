@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.results import _DECLARED, KEYS, ResultStore
+from orchestrator.storage import KEYS, ResultStore, declared_types
 
 # Examples write many small files, each fsync'ed: on tmpfs that costs nothing.
 _TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -53,7 +53,7 @@ VALUES = {
 }
 # Declared columns (optional settings), with the kind their declared type holds.
 DECLARED_KINDS = {
-    n: {pa.int64(): "int", pa.float64(): "float", pa.string(): "str"}[t] for n, t in _DECLARED.items()
+    n: {pa.int64(): "int", pa.float64(): "float", pa.string(): "str"}[t] for n, t in declared_types().items()
 }
 RESERVED = {"sweep", *(k for keys in KEYS.values() for k in keys)}
 NAMES = st.text(string.ascii_lowercase + "_é0", min_size=1, max_size=6).map(lambda s: "m_" + s)
@@ -133,7 +133,7 @@ def test_rows_read_back_equal(data):
         field = schema.field(name).type
         assert not pa.types.is_null(field), name  # never Arrow's null type
         if all(v is None for v in wanted):
-            assert field == _DECLARED.get(name, pa.float64()), (name, field)
+            assert field == declared_types().get(name, pa.float64()), (name, field)
         elif kind == "int" and None not in wanted:
             assert df[name].dtype == np.int64, (name, df[name].dtype)  # ints stay ints
         elif kind == "bool" and None not in wanted:

@@ -28,8 +28,8 @@ from jiio_core import jiio_solve, l2_ball
 from jiio_core.jiio import TRACE_KEYS
 from orchestrator.analysis import summarize
 from orchestrator.data import DataConfig, load_dataset, make_loader
-from orchestrator.results import ResultStore
-from orchestrator.solve_trial import ensure_checkpoint, load_bytes, run_solve
+from orchestrator.solve_trial import ensure_checkpoint, run_solve
+from orchestrator.storage import ResultStore, load_bytes
 from orchestrator.tasks.common import TaskConfig, Trainer
 from orchestrator.tasks.inverse import corrupt
 from orchestrator.tasks.registry import make_trainer

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.storage_check import StorageNotSharedError, assert_marker
+from orchestrator.storage import StorageNotSharedError, assert_marker
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JIIO_GIT_SHA": "test"}

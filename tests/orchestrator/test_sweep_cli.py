@@ -183,7 +183,7 @@ def test_the_solver_sweeps_first_trial_is_exactly_the_papers_configuration():
 
 
 def test_a_plain_resume_counts_against_the_sweeps_own_target(tmp_path):
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     name = "alpha-adversarial-digits"
     store = ResultStore(str(tmp_path))
@@ -201,7 +201,7 @@ def test_a_plain_resume_counts_against_the_sweeps_own_target(tmp_path):
 
 
 def test_resume_with_fewer_trials_than_finished_says_so(tmp_path, capsys):
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
     from orchestrator.sweep import _run_locked
 
     name = "alpha-adversarial-digits"
@@ -253,7 +253,7 @@ def test_the_flag_choices_equal_the_tasks_and_datasets():
 
 
 def test_a_finished_sweep_without_resume_is_refused_before_ray_starts(tmp_path, capsys):
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     name = "alpha-adversarial-digits"
     ResultStore(str(tmp_path)).write("trials", name, "t0", [{"trial_id": "t0", "status": "completed"}])

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from orchestrator.results import ResultStore
 from orchestrator.search import Dim
+from orchestrator.storage import ResultStore
 from orchestrator.sweep import SweepConfig
 from orchestrator.sweep_state import check_resume, driver_row, plan_run, write_meta
 

@@ -466,7 +466,7 @@ def test_train_resume_and_bench_on_object_storage(s3_bucket, capsys):
 @pytest.mark.slow
 def test_killed_on_object_storage_after_the_first_checkpoint_resumes_to_the_end(s3_bucket):
     """The kill test above with --out s3://... (the subprocess inherits the S3 endpoint)."""
-    from orchestrator.solve_trial import file_exists, load_bytes
+    from orchestrator.storage import file_exists, load_bytes
 
     out = f"{s3_bucket}/k.pt"
 

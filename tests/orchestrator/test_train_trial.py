@@ -7,7 +7,7 @@ import io
 import torch
 
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.registry import make_trainer
 from orchestrator.train_trial import train

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 from orchestrator.sweep import SweepConfig, reopen_best_pruned, trial_epochs
 from orchestrator.sweep_cli import configure
 from orchestrator.sweep_state import plan_run

@@ -14,6 +14,8 @@ import contextlib
 import os
 import uuid
 
+from orchestrator.storage import layout
+
 __all__ = ["StorageNotSharedError", "assert_marker", "check_shared", "remove_marker"]
 
 
@@ -35,14 +37,13 @@ def check_shared(storage: str, base: str, sweep: str) -> str | None:
 
     Raises :class:`StorageNotSharedError` naming the nodes that do not see it.
     """
-    if "://" in storage:
+    if layout.is_uri(storage):
         return None
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    directory = f"{base}/locks/sweep={sweep}"
-    os.makedirs(directory, exist_ok=True)
-    marker = f"{directory}/shared-{uuid.uuid4().hex}"
+    marker = layout.shared_marker(base, sweep, uuid.uuid4().hex)
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
     with open(marker, "w") as f:
         f.write("written by the sweep driver; every node must see this file\n")
 
@@ -84,6 +85,7 @@ def assert_marker(storage: str, marker: str | None) -> None:
 
 
 def remove_marker(marker: str | None) -> None:
+    """Delete the marker the driver wrote (at the end of the sweep, or when the check failed)."""
     if marker:
         with contextlib.suppress(FileNotFoundError):
             os.remove(marker)

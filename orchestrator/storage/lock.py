@@ -22,9 +22,7 @@ import time
 import uuid
 from typing import Any
 
-import pyarrow.fs as pafs
-
-from orchestrator.results import ResultStore
+from orchestrator.storage.store import ResultStore
 
 __all__ = ["OrphanedTrialError", "SweepLock", "SweepLockedError", "assert_driver"]
 
@@ -44,10 +42,9 @@ def assert_driver(store: ResultStore, sweep: str, token: str | None) -> None:
     keeps it from writing over the trial the next driver resumed under the same id."""
     if not token:
         return
-    path = f"{store.base}/locks/sweep={sweep}/driver.json"
+    path = store.lock_path(sweep)
     try:
-        with store.fs.open_input_stream(path) as f:
-            owner = json.loads(f.read().decode()).get("token")
+        owner = json.loads(store.get(path).decode()).get("token")
     except (OSError, ValueError):
         owner = None
     if owner != token:
@@ -90,7 +87,7 @@ class SweepLock:
         settle_s: float = 1.0,
     ) -> None:
         self.store, self.sweep = store, sweep
-        self.path = f"{store.base}/locks/sweep={sweep}/driver.json"
+        self.path = store.lock_path(sweep)
         self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
         self.token = uuid.uuid4().hex
         self.host, self.pid, self.since = socket.gethostname(), os.getpid(), time.time()
@@ -109,11 +106,10 @@ class SweepLock:
         ).encode()
 
     def _read(self) -> dict[str, Any] | None:
-        if self.store.fs.get_file_info(self.path).type != pafs.FileType.File:
+        if not self.store.is_file(self.path):
             return None
         try:
-            with self.store.fs.open_input_stream(self.path) as f:
-                return json.loads(f.read().decode())
+            return json.loads(self.store.get(self.path).decode())
         except (ValueError, OSError):
             return {}  # torn or unreadable: treated as stale
 
@@ -176,7 +172,7 @@ class SweepLock:
         try:
             owner = self._read()
             if owner is not None and owner.get("token") == self.token:
-                self.store.fs.delete_file(self.path)
+                self.store.delete(self.path)
         except OSError:
             pass
 

@@ -5,8 +5,8 @@ time, earlier errors, host, device, versions) and its state (``running`` until t
 row is written, then ``finished``). It outlives the trial: it names every trial ever
 started (so no started point is proposed again), lets a trial whose row was lost be
 recomputed, and gives the rows the driver writes (pruned, error) the trial's provenance.
-Mixed into :class:`orchestrator.results.ResultStore`, whose ``put``, ``keys``, ``_dir``
-and ``_report_corrupt`` it uses.
+Mixed into :class:`orchestrator.storage.ResultStore`, whose ``put``, ``keys``,
+``is_file``, ``get`` and ``report_corrupt`` it uses.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pyarrow.fs as pafs
+from orchestrator.storage import layout
 
 __all__ = ["TrialRecords"]
 
@@ -22,27 +22,27 @@ __all__ = ["TrialRecords"]
 class TrialRecords:
     """Records of started trials (see the module docstring)."""
 
-    def _record_path(self, sweep: str, trial_id: str) -> str:
-        return f"{self._dir('pending', sweep)}/{trial_id}.json"
+    def record_path(self, sweep: str, trial_id: str) -> str:
+        """Where the record of ``trial_id`` is (``pending/sweep=NAME/<trial_id>.json``)."""
+        return layout.record_file(self.base, sweep, trial_id)
 
     def write_record(self, sweep: str, trial_id: str, record: dict[str, Any]) -> None:
         """Write a trial's record (``params`` and its attempt history)."""
-        self.put(self._record_path(sweep, trial_id), json.dumps(record, default=repr).encode())
+        self.put(self.record_path(sweep, trial_id), json.dumps(record, default=repr).encode())
 
     def record(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
         """The trial's record, or None. Records of earlier versions (the bare parameters) are
         read as a running trial with those parameters; an unreadable one is quarantined."""
-        path = self._record_path(sweep, trial_id)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
+        path = self.record_path(sweep, trial_id)
+        if not self.is_file(path):
             return None
         try:
-            with self.fs.open_input_stream(path) as f:
-                data = json.loads(f.read().decode())
+            data = json.loads(self.get(path).decode())
         except (ValueError, OSError) as exc:
-            self._report_corrupt(path, exc, "quarantine")
+            self.report_corrupt(path, exc, "quarantine")
             return None
         if not isinstance(data, dict):
-            self._report_corrupt(path, ValueError("not a JSON object"), "quarantine")
+            self.report_corrupt(path, ValueError("not a JSON object"), "quarantine")
             return None
         if not isinstance(data.get("params"), dict):  # an earlier version's record: the parameters
             data = {"params": data, "trial_id": trial_id, "state": "running"}
@@ -65,7 +65,7 @@ class TrialRecords:
         """Started, unfinished trials: their parameters, by trial id."""
         return {k: r["params"] for k, r in self.records(sweep).items() if r.get("state") != "finished"}
 
-    def delete_pending(self, sweep: str, trial_id: str) -> None:
+    def mark_finished(self, sweep: str, trial_id: str) -> None:
         """Mark a trial's record finished (kept: it names every trial ever started)."""
         rec = self.record(sweep, trial_id)
         if rec is not None:

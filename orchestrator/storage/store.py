@@ -1,19 +1,7 @@
-"""Parquet results of sweeps: trials, steps, traces, and trial checkpoints, on any filesystem.
+"""The sweep store: Parquet tables, trial records and checkpoints under one storage root.
 
-Layout under the storage root (a local directory, ``s3://...`` or ``gs://...``), hive-
-partitioned by sweep name::
-
-    trials/sweep=NAME/<trial_id>.parquet            one row per trial (its final state)
-    steps/sweep=NAME/<trial_id>-e<epoch>.parquet    the step rows of one epoch of a running trial
-    steps/sweep=NAME/<trial_id>.parquet             ... of a finished trial, compacted
-    traces/sweep=NAME/<trial_id>-e<epoch>.parquet   solver traces, per epoch, then compacted
-    checkpoints/sweep=NAME/<trial_id>.pt            latest checkpoint of an unfinished trial
-    pending/sweep=NAME/<trial_id>.json              record of every started trial: parameters,
-                                                    attempts, wall time, errors, state
-    locks/sweep=NAME/driver.json                    the driver running the sweep (host, pid)
-    corrupt/...                                     unreadable files, moved aside with a reason
-    pareto/sweep=NAME/front.parquet                 multi-objective sweeps: the non-dominated trials
-    meta/sweep=NAME/sweep.json                      objectives, search space, fixed settings
+The root is a local directory, ``s3://...`` or ``gs://...``; every path under it comes from
+:mod:`orchestrator.storage.layout` (see there for the whole layout).
 
 Every file is named by its key, so writing the same key again *replaces* it: a retried,
 resumed or duplicated report can never duplicate a row, and a crash loses at most the
@@ -21,8 +9,8 @@ epoch in progress, which is recomputed from the checkpoint and written under the
 Files are written atomically and durably: on a local filesystem to a temporary name,
 fsync'ed, then renamed; on object stores a single PUT is atomic by itself. An unreadable
 file never blocks a read: it is skipped with a warning or moved to ``corrupt/``.
-Schemas are explicit: a column that is
-``None`` everywhere still gets its declared type, never Arrow's ``null`` type.
+Schemas are explicit (:mod:`orchestrator.storage.schema`): a column that is ``None``
+everywhere still gets its declared type, never Arrow's ``null`` type.
 """
 
 from __future__ import annotations
@@ -42,73 +30,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from orchestrator.records import TrialRecords
+from orchestrator.storage import layout
+from orchestrator.storage.records import TrialRecords
+from orchestrator.storage.schema import KEYS, arrow_schema, as_text, clean_value, untyped_nulls
 
-__all__ = ["KEYS", "TABLES", "ResultStore", "arrow_schema"]
-
-TABLES = ("trials", "steps", "traces", "pareto")
-KEYS = {
-    "trials": ["trial_id"],
-    "steps": ["trial_id", "step", "phase"],
-    "traces": ["trial_id", "step", "iteration"],
-    "pareto": ["trial_id"],
-}
-# Declared types of columns that can be None in every row of a file (optional settings).
-_DECLARED: dict[str, pa.DataType] = {
-    "alpha_x_switch_iter": pa.int64(),
-    "alpha_x_after": pa.float64(),  # results of earlier versions
-    "alpha_x_drop": pa.float64(),
-    "error_history": pa.string(),
-    "max_steps_per_epoch": pa.int64(),
-    "eval_batches": pa.int64(),
-    "error": pa.string(),
-    "git_sha": pa.string(),
-    "data_root": pa.string(),
-}
-
-
-def _arrow_type(name: str, values: list[Any]) -> pa.DataType:
-    present = [v for v in values if v is not None]
-    if not present:
-        return _DECLARED.get(name, pa.float64())
-    if all(isinstance(v, bool) for v in present):
-        return pa.bool_()
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return _DECLARED.get(name, pa.int64())
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return pa.float64()
-    if all(isinstance(v, (list, tuple)) for v in present):
-        return pa.list_(pa.float64())
-    return pa.string()
-
-
-def arrow_schema(rows: list[dict[str, Any]]) -> pa.Schema:
-    """An explicit schema for ``rows`` (column order: first appearance)."""
-    names: list[str] = []
-    for row in rows:
-        names.extend(k for k in row if k not in names)
-    return pa.schema([pa.field(n, _arrow_type(n, [r.get(n) for r in rows])) for n in names])
-
-
-def _as_text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, bool)) else str(value)
-
-
-def _untyped_nulls(t: pa.Table) -> pa.Table:
-    """Columns that are None in every row of a file carry no type information: read them as
-    Arrow's null type, so another file's values of any type decide the column's type."""
-    for i, f in enumerate(t.schema):
-        if t.num_rows and t.column(i).null_count == t.num_rows and f.type != pa.null():
-            t = t.set_column(i, pa.field(f.name, pa.null()), pa.nulls(t.num_rows))
-    return t
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    return str(value)
+__all__ = ["ResultStore"]
 
 
 class ResultStore(TrialRecords):
@@ -133,12 +59,50 @@ class ResultStore(TrialRecords):
             self.fs, self.base, self.local = pafs.LocalFileSystem(), os.path.abspath(root), True
         self.base = self.base.rstrip("/")
 
-    def _dir(self, table: str, sweep: str) -> str:
-        if table not in (*TABLES, "checkpoints", "pending"):
-            raise ValueError(f"table must be one of {(*TABLES, 'checkpoints', 'pending')}, got {table!r}")
-        if not sweep or "/" in sweep or sweep.startswith("."):
-            raise ValueError(f"sweep name must be a non-empty name without '/', got {sweep!r}")
-        return f"{self.base}/{table}/sweep={sweep}"
+    def sweep_dir(self, table: str, sweep: str) -> str:
+        """``<table>/sweep=NAME`` under this root (a table, ``checkpoints`` or ``pending``)."""
+        return layout.sweep_dir(self.base, table, sweep)
+
+    _dir = sweep_dir  # the earlier name, still used by orchestrator/trackers.py
+
+    def table_file(self, table: str, sweep: str, key: str) -> str:
+        """The path of the Parquet file ``key`` of ``table`` for ``sweep``."""
+        return layout.table_file(self.base, table, sweep, key)
+
+    def is_file(self, path: str) -> bool:
+        """Whether ``path`` (under this store's filesystem) is an existing file."""
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    def exists(self, path: str) -> bool:
+        """Whether anything (a file or a directory) is at ``path``."""
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def is_dir(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.Directory
+
+    def get(self, path: str) -> bytes:
+        """The bytes of the file at ``path``; OSError when missing or unreadable."""
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def read_json(self, path: str) -> Any:
+        """A JSON file: its value, None when absent; ValueError/OSError when unreadable."""
+        if not self.is_file(path):
+            return None
+        return json.loads(self.get(path).decode())
+
+    def delete(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def list_files(self, directory: str, recursive: bool = False) -> list[str]:
+        """Paths of the files under ``directory`` (none when it does not exist)."""
+        sel = pafs.FileSelector(directory, allow_not_found=True, recursive=recursive)
+        return [i.path for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+
+    def list_names(self, directory: str) -> list[str]:
+        """Base names of the entries (files and directories) directly in ``directory``."""
+        sel = pafs.FileSelector(directory, allow_not_found=True)
+        return [i.base_name for i in self.fs.get_file_info(sel)]
 
     def put(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` (under this store's filesystem) atomically and durably.
@@ -153,7 +117,7 @@ class ResultStore(TrialRecords):
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
             return
-        tmp = f"{directory}/.tmp-{uuid.uuid4().hex}"
+        tmp = layout.tmp_file(directory, uuid.uuid4().hex)
         try:
             with open(tmp, "wb") as out:
                 out.write(data)
@@ -177,7 +141,7 @@ class ResultStore(TrialRecords):
         n = 0
         for dirpath, _, files in os.walk(self.base):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(layout.TMP_PREFIX):
                     try:
                         os.remove(os.path.join(dirpath, name))
                         n += 1
@@ -187,8 +151,7 @@ class ResultStore(TrialRecords):
 
     def quarantine(self, path: str, reason: str) -> str:
         """Move an unreadable file out of the tables to ``corrupt/`` (kept for inspection)."""
-        rel = path[len(self.base) + 1 :] if path.startswith(self.base + "/") else path.rsplit("/", 1)[-1]
-        target = f"{self.base}/corrupt/{rel}.{int(time.time() * 1000)}"
+        target = layout.corrupt_file(self.base, path, int(time.time() * 1000))
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         try:
             self.fs.move(path, target)
@@ -196,12 +159,12 @@ class ResultStore(TrialRecords):
             self.fs.copy_file(path, target)
             self.fs.delete_file(path)
         note = json.dumps({"moved_from": path, "reason": reason, "at": time.time()})
-        self.put(target + ".why.json", note.encode())
+        self.put(layout.why_file(target), note.encode())
         return target
 
     def write(self, table: str, sweep: str, key: str, rows: Iterable[dict[str, Any]]) -> None:
         """Write ``rows`` as the file ``key`` of ``table`` (replacing any earlier one)."""
-        rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
+        rows = [{k: clean_value(v) for k, v in r.items()} for r in rows]
         if not rows:
             return
         schema = arrow_schema(rows)
@@ -209,27 +172,43 @@ class ResultStore(TrialRecords):
             if f.type == pa.string():
                 for r in rows:
                     if r.get(f.name) is not None and not isinstance(r[f.name], str):
-                        r[f.name] = _as_text(r[f.name])
+                        r[f.name] = as_text(r[f.name])
         t = pa.Table.from_pylist(rows, schema=schema)
         buf = io.BytesIO()
         pq.write_table(t, buf)
-        self.put(f"{self._dir(table, sweep)}/{key}.parquet", buf.getvalue())
+        self.put(self.table_file(table, sweep, key), buf.getvalue())
 
     def keys(self, table: str, sweep: str) -> list[str]:
         """The file keys present in ``table`` for ``sweep``."""
-        sel = pafs.FileSelector(self._dir(table, sweep), allow_not_found=True)
+        sel = pafs.FileSelector(self.sweep_dir(table, sweep), allow_not_found=True)
         names = [i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
-        ext = {"checkpoints": ".pt", "pending": ".json"}.get(table, ".parquet")
+        ext = layout.extension(table)
         return sorted(n[: -len(ext)] for n in names if n.endswith(ext) and not n.startswith("."))
 
     def sweeps(self, table: str = "trials") -> list[str]:
-        sel = pafs.FileSelector(f"{self.base}/{table}", allow_not_found=True)
+        """The sweeps that have a directory in ``table``."""
+        sel = pafs.FileSelector(layout.area_dir(self.base, table), allow_not_found=True)
         infos = self.fs.get_file_info(sel)
-        return sorted(
-            i.base_name[6:]
-            for i in infos
-            if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep=")
-        )
+        names = (layout.sweep_of_dir(i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+        return sorted(n for n in names if n is not None)
+
+    def table_files(self, table: str, sweep: str) -> dict[str, list[str]]:
+        """``trial_id -> paths`` of ``table`` for ``sweep`` (one listing): the compacted file
+        first, then the epoch files in epoch order. Names that are not table files are left out."""
+        directory = self.sweep_dir(table, sweep)
+        sel = pafs.FileSelector(directory, allow_not_found=True)
+        found: dict[str, list[tuple[int, str]]] = {}
+        for info in self.fs.get_file_info(sel):
+            if info.type != pafs.FileType.File or info.base_name.startswith("."):
+                continue
+            parsed = layout.parse_table_file(info.base_name)
+            if parsed is None:
+                continue
+            tid, epoch = parsed
+            found.setdefault(tid, []).append(
+                (-1 if epoch is None else epoch, f"{directory}/{info.base_name}")
+            )
+        return {t: [p for _, p in sorted(v)] for t, v in sorted(found.items())}
 
     def read(
         self, table: str, sweep: str | None = None, on_corrupt: str = "skip", columns: list[str] | None = None
@@ -242,16 +221,15 @@ class ResultStore(TrialRecords):
         """
         frames = []
         for name in [sweep] if sweep is not None else self.sweeps(table):
-            directory = self._dir(table, name)
             for key in self.keys(table, name):
-                path = f"{directory}/{key}.parquet"
+                path = self.table_file(table, name, key)
                 try:
                     with self.fs.open_input_file(path) as f:  # one small file: no dataset machinery
                         t = pq.ParquetFile(f).read(columns=columns)
                 except (pa.ArrowException, OSError) as exc:
-                    self._report_corrupt(path, exc, on_corrupt)
+                    self.report_corrupt(path, exc, on_corrupt)
                     continue
-                t = _untyped_nulls(t)
+                t = untyped_nulls(t)
                 frames.append(t.append_column("sweep", pa.array([name] * t.num_rows, pa.string())))
         if not frames:
             return pd.DataFrame(columns=[*KEYS[table], "sweep"])
@@ -279,20 +257,19 @@ class ResultStore(TrialRecords):
             >>> store.read("steps", "s")["step"].tolist()
             [1, 2]
         """
-        epochs = [k for k in self.keys(table, sweep) if k.startswith(f"{trial_id}-e")]
+        epochs = [k for k in self.keys(table, sweep) if k.startswith(layout.epoch_prefix(trial_id))]
         if not epochs:
             return 0
-        directory = self._dir(table, sweep)
         frames = []
         for key in [trial_id, *epochs]:
-            path = f"{directory}/{key}.parquet"
-            if key == trial_id and self.fs.get_file_info(path).type != pafs.FileType.File:
+            path = self.table_file(table, sweep, key)
+            if key == trial_id and not self.is_file(path):
                 continue
             try:
                 with self.fs.open_input_file(path) as f:
-                    frames.append(_untyped_nulls(pq.ParquetFile(f).read()))
+                    frames.append(untyped_nulls(pq.ParquetFile(f).read()))
             except (pa.ArrowException, OSError) as exc:
-                self._report_corrupt(path, exc, "quarantine")
+                self.report_corrupt(path, exc, "quarantine")
         if frames:
             merged = pa.concat_tables(frames, promote_options="permissive")
             keys = merged.select(KEYS[table]).to_pandas()  # dedupe on the key only: Arrow types stay
@@ -300,13 +277,14 @@ class ResultStore(TrialRecords):
             t = merged.take(pa.array(keep.to_numpy()))
             buf = io.BytesIO()
             pq.write_table(t, buf)
-            self.put(f"{directory}/{trial_id}.parquet", buf.getvalue())
+            self.put(self.table_file(table, sweep, trial_id), buf.getvalue())
         for key in epochs:
             with contextlib.suppress(FileNotFoundError, OSError):
-                self.fs.delete_file(f"{directory}/{key}.parquet")
+                self.fs.delete_file(self.table_file(table, sweep, key))
         return len(epochs)
 
-    def _report_corrupt(self, path: str, exc: Exception, on_corrupt: str) -> None:
+    def report_corrupt(self, path: str, exc: Exception, on_corrupt: str) -> None:
+        """Warn about an unreadable file; with ``on_corrupt="quarantine"`` also move it aside."""
         if on_corrupt == "quarantine":
             where = self.quarantine(path, str(exc))
             print(f"warning: unreadable file {path} ({exc}); moved to {where}", file=sys.stderr)
@@ -317,38 +295,62 @@ class ResultStore(TrialRecords):
         """Quarantine the files of ``table`` whose Parquet footer cannot be read; their keys."""
         bad = []
         for key in self.keys(table, sweep):
-            path = f"{self._dir(table, sweep)}/{key}.parquet"
+            path = self.table_file(table, sweep, key)
             try:
                 with self.fs.open_input_file(path) as f:
                     pq.read_metadata(f)
             except (pa.ArrowException, OSError) as exc:
-                self._report_corrupt(path, exc, "quarantine")
+                self.report_corrupt(path, exc, "quarantine")
                 bad.append(key)
         return bad
 
     # --- checkpoints --------------------------------------------------------------------
     def checkpoint_path(self, sweep: str, trial_id: str) -> str:
-        return f"{self._dir('checkpoints', sweep)}/{trial_id}.pt"
+        return layout.checkpoint_file(self.base, sweep, trial_id)
 
     def save_checkpoint(self, sweep: str, trial_id: str, data: bytes) -> None:
         self.put(self.checkpoint_path(sweep, trial_id), data)
 
     def load_checkpoint(self, sweep: str, trial_id: str) -> bytes | None:
         path = self.checkpoint_path(sweep, trial_id)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
+        if not self.is_file(path):
             return None
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
+        return self.get(path)
 
     def delete_checkpoint(self, sweep: str, trial_id: str) -> None:
         path = self.checkpoint_path(sweep, trial_id)
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
+        if self.is_file(path):
             self.fs.delete_file(path)
 
-    def meta(self, sweep: str) -> dict[str, Any] | None:
-        """The sweep's ``meta/sweep=NAME/sweep.json`` (objectives, space, paper trial), if any."""
-        path = f"{self.base}/meta/sweep={sweep}/sweep.json"
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+    # --- side files ---------------------------------------------------------------------
+    def meta_path(self, sweep: str, name: str = "sweep.json") -> str:
+        return layout.meta_file(self.base, sweep, name)
+
+    def meta(self, sweep: str, name: str = "sweep.json") -> dict[str, Any] | None:
+        """The sweep's ``meta/sweep=NAME/sweep.json`` (objectives, space, paper trial), if any;
+        ``name="confirm.json"``: what ``jiio confirm`` confirmed."""
+        return self.read_json(self.meta_path(sweep, name))
+
+    def write_meta(self, sweep: str, body: bytes, name: str = "sweep.json") -> None:
+        self.put(self.meta_path(sweep, name), body)
+
+    def lock_path(self, sweep: str) -> str:
+        return layout.lock_file(self.base, sweep)
+
+    def model_path(self, name: str) -> str:
+        return layout.model_file(self.base, name)
+
+    def model_uri(self, name: str) -> str:
+        """The model ``name`` as trials open it: a URI on object storage, else the path."""
+        if not layout.is_uri(self.root):
+            return self.model_path(name)
+        return f"{self.root.rstrip('/')}/{layout.relative(self.base, self.model_path(name))}"
+
+    def baseline_path(self, name: str) -> str:
+        return layout.baseline_file(self.base, name)
+
+    def analysis_path(self, name: str) -> str:
+        return layout.analysis_dir(self.base, name)
+
+    def ray_path(self) -> str:
+        return layout.ray_dir(self.base)
