@@ -1,4 +1,6 @@
-"""ResultStore: keyed atomic files, explicit schemas, dedup, pending and checkpoints."""
+"""ResultStore: keyed atomic files, explicit schemas, dedup, pending and checkpoints.
+
+Tests that take ``root`` run on a local directory and on S3 (``conftest.py``)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ def test_roundtrip_and_replacing_a_key_never_duplicates(tmp_path):
     ]  # no temp files left
 
 
-def test_duplicate_keys_across_files_are_dropped_on_read(tmp_path):
-    store = ResultStore(str(tmp_path))
+def test_duplicate_keys_across_files_are_dropped_on_read(root):
+    store = ResultStore(root)
     row = {"trial_id": "t1", "step": 3, "phase": "eval", "acc": 0.5}
     store.write("steps", "s", "a", [row])
     store.write("steps", "s", "b", [{**row, "acc": 0.6}])
@@ -51,8 +53,8 @@ def test_explicit_schema_for_all_none_and_mixed_columns(tmp_path):
     assert all(str(f.type) != "null" for f in file_schema)
 
 
-def test_columns_differing_between_files_are_unified(tmp_path):
-    store = ResultStore(str(tmp_path))
+def test_columns_differing_between_files_are_unified(root):
+    store = ResultStore(root)
     store.write("trials", "s", "a", [{"trial_id": "a", "acc": 0.5}])
     store.write("trials", "s", "b", [{"trial_id": "b", "psnr": 20.0}])
     df = store.read("trials", "s").set_index("trial_id")
@@ -68,8 +70,8 @@ def test_uri_and_object_store_paths(tmp_path):
     assert ResultStore(str(tmp_path)).read("trials", "s")["acc"].tolist() == [1.0]
 
 
-def test_pending_checkpoints_and_meta(tmp_path):
-    store = ResultStore(str(tmp_path))
+def test_pending_checkpoints_and_meta(root):
+    store = ResultStore(root)
     store.write_pending("s", "t1", {"alpha_x": 0.1})
     assert store.pending("s") == {"t1": {"alpha_x": 0.1}}
     store.save_checkpoint("s", "t1", b"abc")
@@ -78,24 +80,24 @@ def test_pending_checkpoints_and_meta(tmp_path):
     store.mark_finished("s", "t1")
     assert store.load_checkpoint("s", "t1") is None and store.pending("s") == {}
     assert store.meta("s") is None
-    store.put(f"{store.base}/meta/sweep=s/sweep.json", json.dumps({"metrics": ["acc"]}).encode())
+    store.write_meta("s", json.dumps({"metrics": ["acc"]}).encode())
     assert store.meta("s") == {"metrics": ["acc"]}
 
 
 @pytest.mark.parametrize("sweep", ["", "a/b", ".hidden"])
-def test_bad_names_raise(tmp_path, sweep):
+def test_bad_names_raise(root, sweep):
     with pytest.raises(ValueError, match="sweep name"):
-        ResultStore(str(tmp_path)).write("trials", sweep, "k", [{"a": 1}])
+        ResultStore(root).write("trials", sweep, "k", [{"a": 1}])
     with pytest.raises(ValueError, match="table must be"):
-        ResultStore(str(tmp_path)).write("bogus", "s", "k", [{"a": 1}])
+        ResultStore(root).write("bogus", "s", "k", [{"a": 1}])
 
 
-def test_compaction_keeps_every_row_and_its_types_and_an_interrupted_one_is_finished(tmp_path):
+def test_compaction_keeps_every_row_and_its_types_and_an_interrupted_one_is_finished(root):
     import pyarrow.parquet as pq
 
     from orchestrator.sweep_state import finish_compaction as _finish_compaction
 
-    store = ResultStore(str(tmp_path))
+    store = ResultStore(root)
     rows = {
         1: [{"trial_id": "t", "step": 1, "phase": "train", "n": 3, "opt": None, "tr": [1.0, 2.0]}],
         2: [
@@ -116,7 +118,7 @@ def test_compaction_keeps_every_row_and_its_types_and_an_interrupted_one_is_fini
         ]
 
     assert rows_of(after) == rows_of(before)
-    schema = pq.read_schema(tmp_path / "steps" / "sweep=s" / "t.parquet")
+    schema = pq.read_schema(store.table_file("steps", "s", "t"), filesystem=store.fs)
     assert str(schema.field("n").type) == "int64" and schema.field("tr").type.value_type == pa.float64()
     # Killed after writing the merged file, before deleting the epoch files: a new epoch
     # file next to it (as the kill left) is merged by the next driver, its rows winning.

@@ -1,4 +1,7 @@
-"""One driver per sweep: refusal naming the owner, takeover of a dead owner's lock."""
+"""One driver per sweep: refusal naming the owner, takeover of a dead owner's lock.
+
+Tests that take ``root`` run on a local directory and on S3 (``conftest.py``); the others
+need a local process or local timing."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 
 from orchestrator.storage import ResultStore, SweepLock, SweepLockedError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _plant(store: ResultStore, sweep: str, **owner) -> None:
@@ -26,7 +29,7 @@ def _plant(store: ResultStore, sweep: str, **owner) -> None:
         "heartbeat": time.time(),
         **owner,
     }
-    store.put(f"{store.base}/locks/sweep={sweep}/driver.json", json.dumps(body).encode())
+    store.put(store.lock_path(sweep), json.dumps(body).encode())
 
 
 def test_a_second_driver_is_refused_with_the_first_ones_host_pid_and_start(tmp_path):
@@ -64,14 +67,14 @@ def test_a_second_driver_is_refused_with_the_first_ones_host_pid_and_start(tmp_p
     assert not (tmp_path / "locks" / "sweep=s" / "driver.json").exists()
 
 
-def test_a_lock_of_another_host_is_respected_until_its_heartbeat_is_stale(tmp_path):
-    store = ResultStore(str(tmp_path))
+def test_a_lock_of_another_host_is_respected_until_its_heartbeat_is_stale(root):
+    store = ResultStore(root)
     _plant(store, "s", host="elsewhere", pid=1)
     with pytest.raises(SweepLockedError, match="host elsewhere, pid 1"):
         SweepLock(store, "s", stale_s=30).acquire()
     _plant(store, "s", host="elsewhere", pid=1, heartbeat=time.time() - 31)
     lock = SweepLock(store, "s", stale_s=30).acquire()
-    owner = json.loads((tmp_path / "locks" / "sweep=s" / "driver.json").read_text())
+    owner = json.loads(store.get(store.lock_path("s")))
     assert owner["token"] == lock.token and owner["pid"] == os.getpid()
     lock.release()
 
@@ -94,26 +97,24 @@ def test_the_heartbeat_keeps_a_long_run_locked_and_stops_after_a_takeover(tmp_pa
     assert path.exists()  # release leaves someone else's lock alone
 
 
-def test_a_torn_lock_file_is_taken_over(tmp_path):
-    store = ResultStore(str(tmp_path))
-    path = tmp_path / "locks" / "sweep=s" / "driver.json"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b'{"tok')
+def test_a_torn_lock_file_is_taken_over(root):
+    store = ResultStore(root)
+    store.put(store.lock_path("s"), b'{"tok')
     with SweepLock(store, "s"):
-        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert json.loads(store.get(store.lock_path("s")))["pid"] == os.getpid()
 
 
-def test_a_trial_of_a_driver_that_lost_its_lock_must_not_write(tmp_path):
+def test_a_trial_of_a_driver_that_lost_its_lock_must_not_write(root):
     from orchestrator.storage import OrphanedTrialError, assert_driver
 
-    store = ResultStore(str(tmp_path))
+    store = ResultStore(root)
     lock = SweepLock(store, "s").acquire()
     assert_driver(store, "s", lock.token)  # its own driver holds the sweep: fine
     assert_driver(store, "s", None)  # trials of sweeps started by earlier versions: no fencing
     _plant(store, "s", token="next-driver")  # the driver died and the next one took over
     with pytest.raises(OrphanedTrialError, match="held by another driver"):
         assert_driver(store, "s", lock.token)
-    (tmp_path / "locks" / "sweep=s" / "driver.json").unlink()
+    store.delete(store.lock_path("s"))
     with pytest.raises(OrphanedTrialError, match="released"):
         assert_driver(store, "s", lock.token)
     lock.release()

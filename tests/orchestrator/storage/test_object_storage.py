@@ -21,7 +21,7 @@ def test_rows_records_and_a_corrupt_file_on_object_storage(s3_bucket):
     store.write_record("s", "b", {"params": {"alpha_x": 0.1}, "trial_id": "b", "state": "running"})
     assert store.read("trials", "s")[["trial_id", "acc"]].values.tolist() == [["a", 0.75]]
     assert store.pending("s") == {"b": {"alpha_x": 0.1}}
-    store.put(f"{store.base}/trials/sweep=s/c.parquet", b"PAR1 torn")
+    store.put(store.table_file("trials", "s", "c"), b"PAR1 torn")
     assert len(store.read("trials", "s", on_corrupt="quarantine")) == 1
     moved = store.fs.get_file_info(pafs.FileSelector(f"{store.base}/corrupt", recursive=True))
     names = [i.base_name for i in moved]
@@ -50,7 +50,7 @@ def test_two_drivers_racing_for_a_stale_lock_on_object_storage_one_wins(s3_bucke
     stale = {"token": "dead", "host": "elsewhere", "pid": 1, "since": 0, "heartbeat": 0}
     won, lost = [], []
     for _ in range(3):
-        store.put(f"{store.base}/locks/sweep=s/driver.json", json.dumps(stale).encode())
+        store.put(store.lock_path("s"), json.dumps(stale).encode())
         won.clear()
         lost.clear()
         barrier = threading.Barrier(2)

@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.storage import StorageNotSharedError, assert_marker
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JIIO_GIT_SHA": "test"}
 
 
