@@ -35,7 +35,7 @@ from orchestrator.analysis.report import confirm_text, console_width
 from orchestrator.analysis.seeds import confirm_summary
 from orchestrator.hints import jiio
 from orchestrator.search import Dim
-from orchestrator.storage import ResultStore
+from orchestrator.storage import ResultStore, layout
 from orchestrator.sweep import SweepConfig, run_sweep
 
 __all__ = ["add_arguments", "plan_confirm", "report", "run", "summarize"]
@@ -66,9 +66,8 @@ def plan_confirm(
         raise ValueError(f"--top and --seeds must be >= 1, got {top} and {seeds}")
     meta = store.meta(name)
     if not meta:
-        raise ValueError(
-            f"no sweep {name!r} under {store.root} (its meta/sweep={name}/sweep.json is missing)"
-        )
+        where = layout.relative(store.base, store.meta_path(name))
+        raise ValueError(f"no sweep {name!r} under {store.root} (its {where} is missing)")
     trials = store.read("trials", name)
     metric, mode = meta["metrics"][0], meta["modes"][0]
     done = trials[trials["status"] == "completed"].dropna(subset=[metric]) if len(trials) else trials

@@ -40,7 +40,7 @@ import warnings
 from typing import Any
 
 from orchestrator.search import Dim
-from orchestrator.storage import ResultStore
+from orchestrator.storage import ResultStore, layout
 
 __all__ = ["ExportError", "open_storage", "to_optuna"]
 
@@ -171,7 +171,8 @@ def to_optuna(root: str, sweep: str, to: str, replace: bool = False) -> dict[str
     meta = store.meta(sweep)
     if not meta:
         have = ", ".join(store.sweeps()) or "none"
-        raise ExportError(f"no sweep {sweep!r} under {root} (meta/sweep={sweep}/sweep.json); sweeps: {have}")
+        where = layout.relative(store.base, store.meta_path(sweep))
+        raise ExportError(f"no sweep {sweep!r} under {root} ({where}); sweeps: {have}")
     try:
         space = {
             k: Dim(d["kind"], d.get("low", 0.0), d.get("high", 0.0), tuple(d.get("choices") or ()))
