@@ -21,7 +21,7 @@ from orchestrator.analysis.engine import AnalyzeError, Source, reason
 from orchestrator.analysis.plots import plot_all
 from orchestrator.analysis.report import console_width, summary_text, write_html
 from orchestrator.analysis.summary import summarize
-from orchestrator.hints import jiio
+from orchestrator.driver.hints import jiio
 
 __all__ = ["compare", "open_source", "run", "sql"]
 

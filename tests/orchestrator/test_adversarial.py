@@ -316,8 +316,8 @@ def test_eval_counts_and_samples_reach_the_steps_table_not_tune(data, tmp_path, 
     import ray.tune
 
     from orchestrator.storage import ResultStore
-    from orchestrator.trainable import run_trial
-    from orchestrator.trial_meta import SweepMeta
+    from orchestrator.trial.meta import SweepMeta
+    from orchestrator.trial.trainable import run_trial
 
     reports: list[dict] = []
     monkeypatch.setattr(ray.tune, "report", reports.append)

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.analysis import AnalyzeError
 from orchestrator.analysis.seeds import BEATS, SAME
 from orchestrator.cli import main
-from orchestrator.confirm import plan_confirm, report, summarize
+from orchestrator.commands.confirm import plan_confirm, report, summarize
 from orchestrator.stats import t_interval
 from orchestrator.storage import ResultStore
 

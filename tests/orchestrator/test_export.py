@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.export import to_optuna
+from orchestrator.commands.export import to_optuna
 from orchestrator.storage import ResultStore
 from tests.orchestrator._planted import planted
 

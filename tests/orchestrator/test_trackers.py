@@ -171,7 +171,7 @@ def test_a_failing_tracker_is_switched_off_and_others_go_on(capsys):
 def test_log_flags_reach_the_sweep_config(tmp_path):
     from pathlib import Path
 
-    from orchestrator import sweep_cli
+    from orchestrator.commands import sweep as sweep_cli
 
     path = Path(__file__).resolve().parents[2] / "sweeps" / "alpha.py"
     spec = importlib.util.spec_from_file_location("_alpha_for_trackers", path)

@@ -1,4 +1,4 @@
-"""Tests for ``jiio train`` (orchestrator.train_cli, through orchestrator.cli.main and the
+"""Tests for ``jiio train`` (orchestrator.commands.train, through orchestrator.cli.main and the
 ``jiio`` console script): the checkpoint it writes and that ``jiio bench --checkpoint``
 takes, one-line errors for bad input, ``--resume`` refusing changed settings, and a run
 killed with SIGKILL and resumed, as a user would hit it.

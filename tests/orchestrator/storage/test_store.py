@@ -95,7 +95,7 @@ def test_bad_names_raise(root, sweep):
 def test_compaction_keeps_every_row_and_its_types_and_an_interrupted_one_is_finished(root):
     import pyarrow.parquet as pq
 
-    from orchestrator.sweep_state import finish_compaction as _finish_compaction
+    from orchestrator.driver.state import finish_compaction as _finish_compaction
 
     store = ResultStore(root)
     rows = {

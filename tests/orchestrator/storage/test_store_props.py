@@ -1,4 +1,4 @@
-"""Property-based tests of the Parquet result store (:mod:`orchestrator.results`).
+"""Property-based tests of the Parquet result store (:mod:`orchestrator.storage.store`).
 
 (a) rows of the kinds ``arrow_schema`` types (None, bool, int, finite float, str, list of
 floats; a column of ints and floats is a float column) read back equal; (b) writing keys

@@ -22,7 +22,7 @@ import torch
 from orchestrator.storage import ResultStore, assert_driver, layout
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.registry import make_trainer
-from orchestrator.trial_meta import SweepMeta, derived_metrics, objective_values
+from orchestrator.trial.meta import SweepMeta, derived_metrics, objective_values
 
 __all__ = ["train"]
 

@@ -2,7 +2,7 @@
 
 Why: Tune calls its scheduler, searcher and callbacks on one event loop, and every trial's
 report waits while one of them runs. ASHA's prune decision writes the stopped trial's
-``pruned`` row (:func:`orchestrator.sweep_state.driver_row`: the row, the record, the
+``pruned`` row (:func:`orchestrator.driver.state.driver_row`: the row, the record, the
 checkpoint delete, the compaction of its steps and traces, a dozen requests); on an object
 store that held the loop for seconds (Tune: ``scheduler.on_trial_result took 1.724 s ...
 may be a performance bottleneck``), and with hundreds of trials every prune stalled them all.

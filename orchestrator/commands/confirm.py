@@ -33,10 +33,10 @@ import pandas as pd
 
 from orchestrator.analysis.report import confirm_text, console_width
 from orchestrator.analysis.seeds import confirm_summary
-from orchestrator.hints import jiio
-from orchestrator.search import Dim
+from orchestrator.driver.hints import jiio
+from orchestrator.driver.search import Dim
+from orchestrator.driver.sweep import SweepConfig, run_sweep
 from orchestrator.storage import ResultStore, layout
-from orchestrator.sweep import SweepConfig, run_sweep
 
 __all__ = ["add_arguments", "plan_confirm", "report", "run", "summarize"]
 
@@ -195,7 +195,7 @@ def _native(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
-if __name__ == "__main__":  # python -m orchestrator.confirm PATH --name NAME
+if __name__ == "__main__":  # python -m orchestrator.commands.confirm PATH --name NAME
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     try:

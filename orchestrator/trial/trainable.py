@@ -26,7 +26,7 @@ import torch
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.storage import ResultStore, assert_driver, assert_marker
 from orchestrator.tasks import TaskConfig
-from orchestrator.trial_meta import (
+from orchestrator.trial.meta import (
     SweepMeta,
     derived_metrics,
     make_trial_id,
@@ -104,15 +104,15 @@ def run_trial(config: dict[str, Any], meta: SweepMeta) -> None:
     # resumed sweep re-enqueues it, and the driver records an "error" row once retries are spent.
     task_cfg = TaskConfig.from_flat({**meta.fixed, **params, "device": "cuda" if gpu else "cpu"})
     if meta.kind == "solve":
-        from orchestrator.solve_trial import run_solve
+        from orchestrator.trial.solve import run_solve
 
         metrics, status = run_solve(task_cfg, load_dataset(DataConfig(**meta.data)), meta, store, trial_id)
     elif meta.extra.get("workers_per_trial", 1) > 1:
-        from orchestrator.data_parallel import train_data_parallel
+        from orchestrator.trial.data_parallel import train_data_parallel
 
         metrics, status = train_data_parallel(task_cfg, meta, store, trial_id)
     else:
-        from orchestrator.train_trial import train
+        from orchestrator.trial.train import train
 
         data = load_dataset(DataConfig(**meta.data))
         metrics, status = train(task_cfg, data, meta, store, trial_id, on_checkpoint=on_checkpoint)

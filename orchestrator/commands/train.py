@@ -76,8 +76,8 @@ def _value(text: str) -> Any:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from orchestrator.sweep_cli import paper_jiio
     from orchestrator.tasks import TaskConfig
+    from orchestrator.tasks.jiio_settings import paper_jiio
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be an integer >= 1, got {args.epochs}")

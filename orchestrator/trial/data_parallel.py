@@ -30,7 +30,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from orchestrator.train_trial import train
+    from orchestrator.trial.train import train
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

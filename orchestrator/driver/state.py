@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.storage import ResultStore, layout
-from orchestrator.trial_meta import PLACEMENT_KEYS, PROVENANCE_KEYS, provenance
+from orchestrator.trial.meta import PLACEMENT_KEYS, PROVENANCE_KEYS, provenance
 
 __all__ = [
     "ERROR_ROUNDS",
@@ -271,7 +271,7 @@ def finish_compaction(store: ResultStore, sweep: str, finished: set[str]) -> Non
 
 def record_pareto(store: ResultStore, cfg) -> None:
     """Write the non-dominated completed trials of a multi-objective sweep to ``pareto/``."""
-    from orchestrator.solve_trial import pareto_front
+    from orchestrator.pareto import pareto_front
 
     trials = store.read("trials", cfg.name)
     if not len(trials):

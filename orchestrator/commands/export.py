@@ -7,7 +7,7 @@ The study is named after the sweep and written to any Optuna storage: an RDB URL
 What goes in (read from ``meta/sweep=NAME/sweep.json`` and the ``trials`` / ``steps`` tables):
 
 * the distributions: the sweep's search space (each ``{kind, low, high, choices}`` as a
-  :class:`~orchestrator.search.Dim`, then :meth:`Dim.optuna`), the same the searcher sampled from;
+  :class:`~orchestrator.driver.search.Dim`, then :meth:`Dim.optuna`), the same the searcher sampled from;
 * the directions: one per objective (``modes``: ``max`` -> maximize, ``min`` -> minimize),
   so a multi-objective sweep (``sweeps/solver.py``) becomes a multi-objective study whose
   ``best_trials`` is the sweep's Pareto front;
@@ -39,7 +39,7 @@ import math
 import warnings
 from typing import Any
 
-from orchestrator.search import Dim
+from orchestrator.driver.search import Dim
 from orchestrator.storage import ResultStore, layout
 
 __all__ = ["ExportError", "open_storage", "to_optuna"]

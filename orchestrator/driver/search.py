@@ -25,8 +25,8 @@ import math
 import sys
 from typing import Any
 
-from orchestrator.space import Dim
-from orchestrator.trial_meta import make_trial_id, worst_value
+from orchestrator.driver.space import Dim
+from orchestrator.trial.meta import make_trial_id, worst_value
 
 __all__ = ["Dim", "UniqueTrials", "make_searcher"]
 

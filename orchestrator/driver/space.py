@@ -1,5 +1,5 @@
 """A searched hyperparameter (:class:`Dim`): no Ray, no torch, so a sweep script's flags
-are read in a fraction of a second (``orchestrator.search`` re-exports it)."""
+are read in a fraction of a second (``orchestrator.driver.search`` re-exports it)."""
 
 from __future__ import annotations
 

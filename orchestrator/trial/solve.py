@@ -6,14 +6,13 @@ runs the task's own inner problem with its own solver settings on held-out batch
 the task's latent inference against its observation, i.e. the clean, masked or noisy
 image), and reports the final inner objective and the wall time: the two objectives of a
 multi-objective sweep.
-:func:`ensure_checkpoint` trains a small model once, in the driver, when none is given.
+The model is trained once, in the driver, when none is given
+(:func:`orchestrator.driver.fixed_model.ensure_checkpoint`).
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,52 +20,16 @@ import torch
 from torch import Tensor
 
 from jiio_core import JIIOResult
-from orchestrator.data import DataConfig, load_dataset
-from orchestrator.storage import ResultStore, assert_driver, layout, load_bytes, read_checkpoint
+from orchestrator.storage import ResultStore, assert_driver, layout, read_checkpoint
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.common import mean_trace
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.registry import make_trainer
 
 if TYPE_CHECKING:
-    from orchestrator.trial_meta import SweepMeta
+    from orchestrator.trial.meta import SweepMeta
 
-__all__ = ["ensure_checkpoint", "pareto_front", "run_solve"]
-
-
-def ensure_checkpoint(
-    path: str | None, storage: str, name: str, fixed: dict[str, Any], data: dict[str, Any]
-) -> str:
-    """``path`` if given, else train a small model once and store it under ``<storage>/models/``.
-
-    A given ``path`` that does not exist raises :class:`FileNotFoundError` now, in the
-    driver, rather than in every trial. Without one, the model is trained once (adversarial:
-    clean training; the other tasks: JIIO training) and stored as
-    ``<storage>/models/<name>.pt``; a later call (a resumed or extended sweep) finds it there
-    and returns the same URI without training again, so every trial sees the same model. A
-    relative local ``storage`` gives an absolute path, valid whatever the trials' directory.
-    """
-    if path:
-        load_bytes(path)  # fail early, with the message above, if it is missing
-        # trials run in Ray's own working directories: a relative local path would miss
-        return path if "://" in path else os.path.abspath(path)
-    store = ResultStore(storage)
-    target, uri = store.model_path(name), store.model_uri(name)
-    if store.is_file(target):
-        return uri  # trained by an earlier run of this sweep: every trial must see the same model
-    train_mode = "clean" if fixed.get("task") == "adversarial" else "jiio"
-    cfg = TaskConfig.from_flat({**fixed, "mode": train_mode, "device": "cpu"})
-    print(
-        f"training the fixed model for {name} ({cfg.task}, {train_mode}, {cfg.epochs} epochs) ...", flush=True
-    )
-    trainer = make_trainer(cfg, load_dataset(DataConfig(**data)))
-    result = trainer.fit()
-    if result.status != "completed":
-        print(f"warning: training the fixed model for {name} ended {result.status}", flush=True)
-    buf = io.BytesIO()
-    torch.save(trainer.state_dict(), buf)
-    store.put(target, buf.getvalue())
-    return uri
+__all__ = ["run_solve"]
 
 
 def _sync(device: torch.device) -> None:
@@ -194,21 +157,3 @@ def run_solve(
     bad = metrics["solver_diverged"] > 0.5 or not math.isfinite(metrics["inner_objective"])
     status = "diverged" if bad else "completed"
     return metrics, status
-
-
-def pareto_front(points: list[tuple[float, ...]]) -> list[bool]:
-    """Which points are not dominated (all objectives minimised).
-
-    Example:
-        >>> pareto_front([(1, 5), (2, 2), (3, 3), (5, 1)])
-        [True, True, False, True]
-    """
-    out = []
-    for i, p in enumerate(points):
-        dominated = any(
-            all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in zip(q, p, strict=True))
-            for j, q in enumerate(points)
-            if j != i
-        )
-        out.append(not dominated)
-    return out
