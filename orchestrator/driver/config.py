@@ -131,8 +131,8 @@ class SweepOutcome:
 def trial_epochs(cfg: SweepConfig) -> int:
     """The epochs a trial of ``cfg`` trains, hence ASHA's ``max_t``: from the configuration a
     trial resolves (``TaskConfig.from_flat`` of the fixed settings and a point of the space,
-    as ``trainable.run_trial`` does), so a setting left to ``TaskConfig``'s default counts as
-    that default. A searched ``epochs`` gives its largest value.
+    as ``orchestrator.trial.trainable.run_trial`` does), so a setting left to
+    ``TaskConfig``'s default counts as that default. A searched ``epochs`` gives its largest value.
 
     Example:
         >>> cfg = SweepConfig("s", {"alpha_x": Dim("loguniform", 0.1, 1.0)}, ("robust_acc",), ("max",),

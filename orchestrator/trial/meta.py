@@ -3,8 +3,10 @@
 One owner per concern: this module knows how a trial is named (:func:`make_trial_id`),
 what a diverged trial reports (:func:`worst_value`), how objectives are derived from a
 task's metrics, and which versions and device produced a row. The trial runners
-(``train_trial``, ``solve_trial``, ``data_parallel``), the Ray entry point
-(``trainable``) and the driver (``sweep``) all import it; it imports none of them.
+(:mod:`~orchestrator.trial.train`, :mod:`~orchestrator.trial.solve`,
+:mod:`~orchestrator.trial.data_parallel`), the Ray entry point
+(:mod:`~orchestrator.trial.trainable`) and the driver (:mod:`orchestrator.driver.sweep`)
+all import it; it imports none of them.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ in progress, which the next attempt recomputes from the checkpoint and writes un
 same keys. A checkpoint that cannot be read (truncated, corrupt) is moved aside with a
 message and the trial starts over: it never blocks a resume.
 
-Used by ``trainable.run_trial`` (one process) and ``data_parallel`` (every rank; only
-rank 0 writes). It imports neither of them.
+Used by :func:`orchestrator.trial.trainable.run_trial` (one process) and
+:mod:`orchestrator.trial.data_parallel` (every rank; only rank 0 writes). It imports neither of them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Ray Tune entry point of one trial: its identity, its attempt record, its final row.
 
-A trial is identified by ``trial_id``, assigned once by the driver (``sweep``) and carried
-in the trial's config, so the same trial re-run (Tune retrying it after a node died, or a
+A trial is identified by ``trial_id``, assigned once by the driver
+(:mod:`orchestrator.driver.sweep`) and carried in the trial's config, so the same trial re-run (Tune retrying it after a node died, or a
 resumed sweep re-enqueueing it) finds its own checkpoint and continues, and writes its
 rows under the same keys (never twice). The project's storage, not Tune's, holds the
 checkpoints, which sidesteps Tune's restore pitfalls.
@@ -11,8 +11,9 @@ parameters, attempt count, accumulated wall time, earlier errors, host and devic
 ``wall_s`` and ``attempts`` add up over attempts and the driver can write pruned and
 error rows with the same provenance as completed ones.
 
-What runs inside is owned elsewhere: training by ``train_trial``, inner solves on a fixed
-model by ``solve_trial``, data-parallel training by ``data_parallel``; none imports this.
+What runs inside is owned elsewhere: training by :mod:`orchestrator.trial.train`, inner
+solves on a fixed model by :mod:`orchestrator.trial.solve`, data-parallel training by
+:mod:`orchestrator.trial.data_parallel`; none imports this.
 """
 
 from __future__ import annotations
