@@ -3,8 +3,9 @@
 A trial is identified by ``trial_id``, assigned once by the driver
 (:mod:`orchestrator.driver.sweep`) and carried in the trial's config, so the same trial
 re-run (Tune retrying it after a node died, or a resumed sweep re-enqueueing it) finds its
-own checkpoint and continues, and writes its rows under the same keys (never twice). The project's storage, not Tune's, holds the
-checkpoints, which sidesteps Tune's restore pitfalls.
+own checkpoint and continues, and writes its rows under the same keys (never twice). The
+project's storage, not Tune's, holds the checkpoints, which sidesteps Tune's restore
+pitfalls.
 
 Every attempt updates the trial's record (``pending/sweep=NAME/<trial_id>.json``: its
 parameters, attempt count, accumulated wall time, earlier errors, host and device), so
