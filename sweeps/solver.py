@@ -30,7 +30,7 @@ from typing import Any
 # Run from a checkout (python sweeps/alpha.py): import the checkout. Copied elsewhere (ray
 # submit puts the script at ~/alpha.py on the head): use the installed package.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_ROOT, "orchestrator", "sweep.py")):
+if os.path.isfile(os.path.join(_ROOT, "orchestrator", "cli.py")):
     sys.path.insert(0, _ROOT)
 
 from orchestrator.commands.sweep import SweepSpec, main  # noqa: E402
