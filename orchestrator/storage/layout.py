@@ -166,7 +166,8 @@ def dp_result_file(base: str, sweep: str, trial_id: str) -> str:
 
 
 def lock_dir(base: str, sweep: str) -> str:
-    return f"{base}/locks/{SWEEP_PREFIX}{validate_sweep(sweep)}"
+    """``locks/sweep=NAME`` (the name is not checked here: the driver checked it)."""
+    return f"{base}/locks/{SWEEP_PREFIX}{sweep}"
 
 
 def lock_file(base: str, sweep: str) -> str:
@@ -180,8 +181,9 @@ def shared_marker(base: str, sweep: str, token: str) -> str:
 
 
 def meta_file(base: str, sweep: str, name: str = "sweep.json") -> str:
-    """``meta/sweep=NAME/<name>``: ``sweep.json`` (the sweep's identity) or ``confirm.json``."""
-    return f"{base}/meta/{SWEEP_PREFIX}{validate_sweep(sweep)}/{name}"
+    """``meta/sweep=NAME/<name>``: ``sweep.json`` (the sweep's identity) or ``confirm.json``.
+    The sweep name is not checked: a name that cannot exist is simply not found."""
+    return f"{base}/meta/{SWEEP_PREFIX}{sweep}/{name}"
 
 
 def model_file(base: str, name: str) -> str:
