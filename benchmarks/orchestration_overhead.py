@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from orchestrator.results import ResultStore  # noqa: E402
+from orchestrator.storage import ResultStore  # noqa: E402
 
 
 def measure(reuse: bool, trials: int, slots: int) -> dict[str, float]:

@@ -39,7 +39,7 @@ sys.path.insert(0, _ROOT)
 
 from orchestrator.bench.reference import fastest_to  # noqa: E402
 from orchestrator.bench.report import _finite, _render  # noqa: E402
-from orchestrator.results import ResultStore  # noqa: E402
+from orchestrator.storage import ResultStore  # noqa: E402
 
 #: the settings a solver sweep searches (sweeps/solver.py): a front row's configuration
 SEARCHED = ("anderson_m", "max_iter", "alpha_z", "alpha_mu", "alpha_x", "init", "anderson_type")
@@ -76,7 +76,7 @@ def spec(row: dict[str, Any]) -> str:
 def _reference(results: str, name: str) -> dict[str, Any] | None:
     """The sweep's stored baseline reference, or None (no file, or a sweep from before it)."""
     from orchestrator.bench.reference import reference_path
-    from orchestrator.solve_trial import load_bytes
+    from orchestrator.storage import load_bytes
 
     try:
         return json.loads(load_bytes(reference_path(results, name)))

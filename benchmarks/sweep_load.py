@@ -4,7 +4,7 @@ Runs the ``sweeps/solver.py`` sweep (kind ``"solve"``: JIIO inner solves on one 
 trained model) with its ``--smoke`` settings and a tiny ``max_iter`` range, so that each
 trial is as short as the machinery allows, on a fresh local Ray (``ray.init(address="local",
 num_cpus=2)``, even when another is running), in this process: this process *is* the
-sweep's driver (``orchestrator.sweep.run_sweep``).
+sweep's driver (``orchestrator.driver.sweep.run_sweep``).
 A background thread samples, every ``--sample-s`` seconds:
 
 - the driver's resident memory (``VmRSS`` of ``/proc/self/status``; ``VmHWM`` too) and
@@ -71,7 +71,7 @@ def _solver_args(storage: str, trials: int) -> argparse.Namespace:
 def make_config(storage: str, name: str, trials: int, checkpoint: str, resume: bool):
     """The SweepConfig of ``sweeps/solver.py --smoke`` with ``max_iter`` in ``MAX_ITER``,
     no enqueued paper point (80 iterations: not a short trial), two trials at once."""
-    from orchestrator.sweep import Dim, SweepConfig
+    from orchestrator.driver.sweep import Dim, SweepConfig
     from sweeps.solver import SPEC
 
     args = _solver_args(storage, trials)
@@ -106,7 +106,7 @@ def train_model(storage: str, name: str) -> str:
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from benchmarks.sweep_load import _solver_args, TASK, DATASET;"
         "from sweeps.solver import SPEC;"
-        "from orchestrator.solve_trial import ensure_checkpoint;"
+        "from orchestrator.driver.fixed_model import ensure_checkpoint;"
         "a = _solver_args(sys.argv[2], 1);"
         "print(ensure_checkpoint(None, sys.argv[2], sys.argv[3], SPEC.fixed(a),"
         " {'dataset': DATASET, 'data_root': None, 'seed': 0}))"
@@ -220,11 +220,11 @@ class Sampler(threading.Thread):
 
 # --- warm start: what a --resume does before its first new trial -------------------------
 def warm_start(cfg) -> dict[str, float]:
-    """Seconds of each step ``orchestrator.sweep._run_locked`` takes on a resume before Tune
+    """Seconds of each step ``orchestrator.driver.sweep._run_locked`` takes on a resume before Tune
     starts (no Ray call: ``max_concurrent`` is set). ``write_meta`` writes the same meta."""
-    from orchestrator.results import ResultStore
-    from orchestrator.search import make_searcher
-    from orchestrator.sweep_state import check_resume, plan_run, write_meta
+    from orchestrator.driver.search import make_searcher
+    from orchestrator.driver.state import check_resume, plan_run, write_meta
+    from orchestrator.storage import ResultStore
 
     out: dict[str, float] = {}
 
@@ -270,8 +270,8 @@ def resume_phase(args: argparse.Namespace) -> int:
     """``--phase resume``: this process is a fresh driver resuming the sweep to ``--trials``."""
     import ray
 
-    from orchestrator.results import ResultStore
-    from orchestrator.sweep import run_sweep
+    from orchestrator.driver.sweep import run_sweep
+    from orchestrator.storage import ResultStore
 
     t_imported = time.perf_counter()
     cfg = make_config(args.storage, args.name, args.trials, args.checkpoint, resume=True)
@@ -319,8 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import ray
 
-    from orchestrator.results import ResultStore
-    from orchestrator.sweep import run_sweep
+    from orchestrator.driver.sweep import run_sweep
+    from orchestrator.storage import ResultStore
 
     fds_start = _fds()
     rss_start = _status_kib("self", "VmRSS") / 1024

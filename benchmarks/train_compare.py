@@ -59,7 +59,8 @@ def train_one(mode: str, seed: int, args: argparse.Namespace) -> tuple[Any, dict
     """Train one model as ``jiio train`` would; return the trainer and its costs."""
     import torch
 
-    from orchestrator import cli, train_cli
+    from orchestrator import cli
+    from orchestrator.commands import train as train_cli
     from orchestrator.data import DataConfig, load_dataset
     from orchestrator.tasks.registry import make_trainer
 

@@ -398,7 +398,7 @@ class TrackerCallback(_tune_callback_base()):  # type: ignore[misc]
         try:
             import pyarrow.parquet as pq
 
-            from orchestrator.results import ResultStore
+            from orchestrator.storage import ResultStore
 
             store = ResultStore(self.storage)
 

@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.analysis.command import compare, run, sql
 from orchestrator.analysis.engine import AnalyzeError, Source
 from orchestrator.analysis.report import summary_text
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 
 __all__ = ["AnalyzeError", "Source", "compare", "plot_sweep", "run", "sql", "summarize", "summary_text"]
 

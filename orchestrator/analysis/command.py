@@ -21,7 +21,7 @@ from orchestrator.analysis.engine import AnalyzeError, Source, reason
 from orchestrator.analysis.plots import plot_all
 from orchestrator.analysis.report import console_width, summary_text, write_html
 from orchestrator.analysis.summary import summarize
-from orchestrator.hints import jiio
+from orchestrator.driver.hints import jiio
 
 __all__ = ["compare", "open_source", "run", "sql"]
 
@@ -35,7 +35,7 @@ _PATH_HINT = (
 
 def open_source(path: str) -> Source:
     """The results at ``path``, which must exist and be a directory (or an object-store prefix)."""
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     try:
         store = ResultStore(path)

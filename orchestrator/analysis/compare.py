@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.analysis.report import fmt
 from orchestrator.analysis.summary import Interval, PerSample, compare_values
-from orchestrator.hints import jiio
+from orchestrator.driver.hints import jiio
 
 __all__ = ["compare_summaries", "compare_text"]
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.intervals import _PROPORTION, _aligned, _sample_columns, _samples, sample_key
-from orchestrator.hints import jiio
+from orchestrator.driver.hints import jiio
 from orchestrator.stats import (
     Components,
     proportion_variance,

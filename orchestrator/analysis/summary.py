@@ -51,7 +51,7 @@ from orchestrator.analysis.seeds import (
     multi_seed,
     seed_summary,
 )
-from orchestrator.hints import jiio
+from orchestrator.driver.hints import jiio
 
 __all__ = [
     "Interval",

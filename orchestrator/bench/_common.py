@@ -203,7 +203,7 @@ def _load_data(args: argparse.Namespace) -> DatasetSplits:
 
 def _load_checkpoint(path: str, bench: str) -> dict[str, Any]:
     """The modules and flat config of a Trainer checkpoint, checked for ``bench``."""
-    from orchestrator.solve_trial import read_checkpoint
+    from orchestrator.storage import read_checkpoint
 
     try:
         state = read_checkpoint(path)
@@ -285,7 +285,7 @@ def _baseline_deq(args: argparse.Namespace) -> DEQConfig:
 def _setup(args: argparse.Namespace, name: str) -> tuple[torch.device, _Log]:
     device = _device(args)
     if args.checkpoint:
-        from orchestrator.solve_trial import file_exists
+        from orchestrator.storage import file_exists
 
         try:
             found = file_exists(args.checkpoint)

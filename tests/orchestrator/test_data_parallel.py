@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from orchestrator.data import DatasetSplits
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 from orchestrator.tasks.common import StepOutcome, TaskConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
