@@ -53,7 +53,7 @@ def graph(args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from jiio_core import ClassifierHead, JIIOConfig, MDEQCell, jiio_solve, l2_ball
-    from orchestrator.tasks.common import mdeq_config
+    from orchestrator.tasks.model_sizes import mdeq_config
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -25,9 +25,9 @@ from orchestrator.data import DataConfig, load_dataset
 from orchestrator.lock import assert_driver
 from orchestrator.results import ResultStore
 from orchestrator.tasks import TaskConfig
-from orchestrator.tasks.common import mean_trace
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.registry import make_trainer
+from orchestrator.tasks.step_metrics import mean_trace
 
 if TYPE_CHECKING:
     from orchestrator.trial_meta import SweepMeta

@@ -27,7 +27,7 @@ from orchestrator.data import (
     load_dataset,
     make_loader,
 )
-from orchestrator.tasks.common import mdeq_config
+from orchestrator.tasks.model_sizes import mdeq_config
 
 __all__ = [
     "_TRAIN_DEQ",
@@ -93,7 +93,7 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         "--size",
         choices=("tiny", "paper"),
         default="tiny",
-        help="MDEQ size (orchestrator.tasks.common.mdeq_config); a checkpoint's own size wins",
+        help="MDEQ size (orchestrator.tasks.model_sizes.mdeq_config); a checkpoint's own size wins",
     )
     p.add_argument("--checkpoint", default=None, help="a torch.save'd Trainer.state_dict (modules cell/head)")
     p.add_argument(

@@ -19,7 +19,8 @@ from PIL import Image
 from jiio_core import DEQ, ClassifierHead, DEQConfig, ImageHead, MDEQCell
 from orchestrator import bench, cli
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.tasks.common import TaskConfig, mdeq_config
+from orchestrator.tasks.model_sizes import mdeq_config
+from orchestrator.tasks.task_config import TaskConfig
 
 TINY = ["--train-steps", "3", "--batch", "8", "--samples", "16", "--reps", "1", "--quiet", "--plot", ""]
 ATTACK = ["bench", "attack", *TINY, "--pgd-steps", "4", "--jiio-iters", "8"]

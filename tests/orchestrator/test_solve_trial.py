@@ -30,9 +30,10 @@ from orchestrator.analysis import summarize
 from orchestrator.data import DataConfig, load_dataset, make_loader
 from orchestrator.results import ResultStore
 from orchestrator.solve_trial import ensure_checkpoint, load_bytes, run_solve
-from orchestrator.tasks.common import TaskConfig, Trainer
 from orchestrator.tasks.inverse import corrupt
 from orchestrator.tasks.registry import make_trainer
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import Trainer
 from orchestrator.trial_meta import SweepMeta
 
 ROOT = Path(__file__).resolve().parents[2]
