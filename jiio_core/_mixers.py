@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .config import SOLVERS
+
 __all__ = ["AndersonMixer", "BroydenMixer", "DampedMixer", "StaticAndersonMixer", "make_mixer"]
 
 
@@ -427,7 +429,7 @@ class BroydenMixer:
 def make_mixer(
     solver: str, *, m: int, lam: float = 1e-5, beta: float = 1.0, kind: str = "II", copy: bool = True
 ) -> AndersonMixer | BroydenMixer | DampedMixer:
-    """The mixer for a solver name: ``"anderson"``, ``"broyden"`` or ``"fixed_point"``.
+    """The mixer for a solver name, one of :data:`~jiio_core.config.SOLVERS`.
     ``copy=False``: the caller owns ``g(x)`` and takes strided iterates (DampedMixer's
     ``copy``, AndersonMixer's ``out_in_history``)."""
     if solver == "anderson":
@@ -436,4 +438,5 @@ def make_mixer(
         return BroydenMixer(m=m)
     if solver == "fixed_point":
         return DampedMixer(beta=beta, copy=copy)
-    raise ValueError(f"solver must be 'anderson', 'broyden' or 'fixed_point', got {solver!r}")
+    choices = ", ".join(repr(s) for s in SOLVERS[:-1]) + f" or {SOLVERS[-1]!r}"
+    raise ValueError(f"solver must be {choices}, got {solver!r}")
