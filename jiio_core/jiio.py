@@ -344,9 +344,15 @@ def jiio_solve(
     ``cuda_graph=True`` (CUDA tensors, solver "anderson" or "fixed_point"): iteration 0 and
     two more run as usual, then one iteration (``f``, its VJP, the Anderson step on a
     fixed-size system, the bookkeeping; the alpha_x schedule read on the device) is
-    captured as a CUDA graph and replayed for the others. The same iterates as the eager
-    path up to rounding; ``f``, ``loss`` and ``project`` must be capturable (no host
-    synchronisation, the same tensors every call). See :mod:`jiio_core._graph`.
+    captured as a CUDA graph and replayed for the others; ``f``, ``loss`` and ``project``
+    must be capturable (no host synchronisation, the same tensors every call). See
+    :mod:`jiio_core._graph`. What is tested: the same static iteration run without a graph
+    on the CPU in float64 gives the eager path's iterates, trace, kept iterate and
+    iteration count up to rounding (tests/jiio_core/test_static_iteration.py), and
+    ``cuda_graph=True`` on CPU tensors raises ``ValueError``. The capture and replay on a
+    GPU are untested: tests/jiio_core/test_cuda.py compares them with the eager path (and
+    checks that "broyden" is refused) but is skipped without a CUDA device, and no GPU
+    has run it, so equality with the eager path on a GPU is expected, not verified.
 
     Example (z*(x) = x + 1, so x* = 1 minimises (z* - 2)^2; found in one joint solve):
         >>> import torch
