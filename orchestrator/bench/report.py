@@ -10,23 +10,12 @@ from typing import Any
 
 import torch
 
-from orchestrator.bench._common import _device_name
+from orchestrator.bench.setup import device_name
 
-__all__ = [
-    "_ci",
-    "_f",
-    "_finite",
-    "_header",
-    "_plot_attack",
-    "_plot_latent",
-    "_ratio",
-    "_render",
-    "_render_attack",
-    "_render_latent",
-]
+__all__ = ["json_safe", "plot_attack", "plot_latent", "render"]
 
 
-def _plot_latent(
+def plot_latent(
     path: str,
     curves: dict[str, dict[str, list[float]]],
     rows: list[dict[str, Any]],
@@ -52,7 +41,7 @@ def _plot_latent(
     ax.set_yscale("log")
     n = getattr(args, "samples", args.batch)
     title = (
-        f"{size} MDEQ decoder, {args.dataset}, {n} samples in batches of {args.batch}, {_device_name(device)}"
+        f"{size} MDEQ decoder, {args.dataset}, {n} samples in batches of {args.batch}, {device_name(device)}"
     )
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -67,7 +56,7 @@ def _plot_latent(
     return path
 
 
-def _plot_attack(path: str, out: dict[str, Any]) -> str:
+def plot_attack(path: str, out: dict[str, Any]) -> str:
     """Strength against time: PGD's per-step curve (with its 95% band) and every JIIO variant
     (95% intervals), by cross-entropy (left) and accuracy under attack (right)."""
     import matplotlib
@@ -123,12 +112,12 @@ def _plot_attack(path: str, out: dict[str, Any]) -> str:
     return path
 
 
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats -> None."""
+def json_safe(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None (``--json`` output must be strict JSON)."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -321,6 +310,7 @@ def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _render(out: dict[str, Any]) -> str:
+def render(out: dict[str, Any]) -> str:
+    """The text report of a bench result: its header (model, settings, environment) and tables."""
     body = _render_attack(out) if out["bench"] == "attack" else _render_latent(out)
     return "\n".join(_header(out) + body)

@@ -280,7 +280,7 @@ def test_latent_json_strong_baselines(capsys):
 
 
 def test_cpu_clock_times_this_process_and_is_stated(capsys):
-    from orchestrator.bench import _timing
+    from orchestrator.bench import timing as _timing
 
     argv = ["bench", "attack", *TINY, "--pgd-steps", "2", "--jiio-iters", "2", "--baselines", "jfb"]
     assert cli.main([*argv, "--step-sizes", "0.6", "--clock", "cpu", "--json"]) == 0
