@@ -442,7 +442,7 @@ def main(spec: SweepSpec, argv: list[str] | None = None) -> int:
 
 def _say(text: str) -> None:
     """Print ``text`` on stdout within the console's width (see ``report.console_width``)."""
-    from orchestrator.analysis.report import console_width, wrap_lines
+    from orchestrator.analysis.text_layout import console_width, wrap_lines
 
     print("\n".join(wrap_lines(text.split("\n"), console_width())), flush=True)
 

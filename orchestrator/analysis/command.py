@@ -19,8 +19,9 @@ import pyarrow.fs as pafs
 
 from orchestrator.analysis.engine import AnalyzeError, Source, reason
 from orchestrator.analysis.plots import plot_all
-from orchestrator.analysis.report import console_width, summary_text, write_html
+from orchestrator.analysis.report import summary_text, write_html
 from orchestrator.analysis.summary import summarize
+from orchestrator.analysis.text_layout import console_width
 from orchestrator.hints import jiio
 
 __all__ = ["compare", "open_source", "run", "sql"]
