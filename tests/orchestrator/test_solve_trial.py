@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from jiio_core import jiio_solve, l2_ball
-from jiio_core.jiio import TRACE_KEYS
+from jiio_core.augmented import TRACE_KEYS
 from orchestrator.analysis import summarize
 from orchestrator.data import DataConfig, load_dataset, make_loader
 from orchestrator.results import ResultStore
