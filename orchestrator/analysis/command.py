@@ -209,7 +209,7 @@ def sql(path: str, name: str | None, query: str, as_json: bool) -> int:
 def compare(path: str, a: str, b: str, as_json: bool) -> int:
     """``jiio analyze PATH --compare A B``: two sweeps side by side, and whether A's best
     beats B's (only when their 95% intervals separate)."""
-    from orchestrator.analysis.compare import compare_summaries, compare_text
+    from orchestrator.analysis.comparison import compare_summaries, compare_text
 
     src = open_source(path)
     for n in (a, b):
