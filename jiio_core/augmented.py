@@ -3,7 +3,7 @@
 What: :class:`AugmentedMap` is ``F`` on the flat state ``v = (z, mu, x)`` with the
 per-iteration bookkeeping (residuals, the kept iterate, divergence); :class:`LoopState` is
 what an iteration carries to the next. Why a module of its own: the eager loop
-(:func:`jiio_core.jiio_solve`) and the static, CUDA-graph one (:mod:`jiio_core._graph`)
+(:func:`jiio_core.jiio_solve`) and the static, CUDA-graph one (:mod:`jiio_core.static_iteration`)
 iterate the same map, and neither should reach into the other's internals.
 """
 

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._graph import check_graphable, static_loop
-from ._mixers import AndersonMixer, make_mixer
 from .augmented import TRACE_KEYS, AugmentedMap, LoopState, Projection, call_checked
 from .config import JIIOConfig
 from .implicit import attach_implicit_grad, dual_shortcut
+from .mixers import AndersonMixer, make_mixer
 from .solvers import forward_fill
+from .static_iteration import check_graphable, static_loop
 
 __all__ = ["JIIOResult", "jiio_solve", "l2_ball"]
 
@@ -130,7 +130,7 @@ def jiio_solve(
     fixed-size system, the bookkeeping; the alpha_x schedule read on the device) is
     captured as a CUDA graph and replayed for the others; ``f``, ``loss`` and ``project``
     must be capturable (no host synchronisation, the same tensors every call). See
-    :mod:`jiio_core._graph`. What is tested: the same static iteration run without a graph
+    :mod:`jiio_core.static_iteration`. What is tested: the same static iteration run without a graph
     on the CPU in float64 gives the eager path's iterates, trace, kept iterate and
     iteration count up to rounding (tests/jiio_core/test_static_iteration.py), and
     ``cuda_graph=True`` on CPU tensors raises ``ValueError``. The capture and replay on a

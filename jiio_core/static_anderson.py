@@ -3,8 +3,8 @@
 What: :class:`StaticAndersonMixer` solves a fixed ``m``-unknown system every iteration
 (empty history slots padded out, slot indices on the device, fallbacks applied by masks),
 and :func:`batched_solve` solves its batched linear systems without a host
-synchronisation. Why apart from :mod:`jiio_core._mixers`: only the static iteration
-(:mod:`jiio_core._graph`) uses it, and its constraints (no data-dependent shapes or
+synchronisation. Why apart from :mod:`jiio_core.mixers`: only the static iteration
+(:mod:`jiio_core.static_iteration`) uses it, and its constraints (no data-dependent shapes or
 branches) are not the eager mixers'.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._mixers import AndersonMixer
+from .mixers import AndersonMixer
 
 __all__ = ["StaticAndersonMixer", "batched_solve"]
 

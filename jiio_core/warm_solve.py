@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._mixers import make_mixer
 from .config import SOLVERS
+from .mixers import make_mixer
 from .solvers import SolverResult, solve
 
 __all__ = [

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, MDEQCell, MDEQConfig
+from orchestrator.bench.timing import use_clock
 from orchestrator.data import (
     DATASETS,
     DataConfig,
@@ -312,8 +313,6 @@ def setup_run(args: argparse.Namespace, name: str) -> tuple[torch.device, Log]:
             raise BenchInputError(f"--plot {plot}: the file name must end in .png")
     if args.clock == "cpu" and device.type != "cpu":
         raise BenchInputError("--clock cpu times the CPU's work: use it with --device cpu")
-    from orchestrator.bench.timing import use_clock
-
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from orchestrator.bench.setup import Log
 
 __all__ = ["CallClock", "clock_now", "interleave", "step_counts", "sync_device", "time_call", "use_clock"]
 
@@ -85,7 +82,7 @@ def interleave(
     variants: dict[str, Callable[[Tensor, Tensor], Any]],
     batches: list[tuple[Tensor, Tensor]],
     reps: int,
-    log: Log,
+    log: Callable[[str], None],
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Any]]]:
     """Run every variant on every batch, in turn (a paired timing run per batch), ``reps``
     times over. Returns each variant's timings, one ``{"seconds", "times"?}`` per run in run

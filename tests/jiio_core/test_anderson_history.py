@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from jiio_core._mixers import AndersonMixer
+from jiio_core.mixers import AndersonMixer
 from jiio_core.static_anderson import StaticAndersonMixer
 from jiio_core.static_anderson import batched_solve as _solve
 

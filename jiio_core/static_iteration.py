@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ._mixers import DampedMixer
+from .mixers import DampedMixer
 from .static_anderson import StaticAndersonMixer
 
 if TYPE_CHECKING:
