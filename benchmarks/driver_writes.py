@@ -38,7 +38,6 @@ from types import SimpleNamespace
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "content-length"}
 

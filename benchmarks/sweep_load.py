@@ -44,7 +44,6 @@ from typing import Any
 
 T_PROCESS = time.perf_counter()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 MIB = 1024 * 1024
 TASK, DATASET = "adversarial", "digits"
@@ -52,7 +51,18 @@ MAX_ITER = (2, 4)  # the searched range of iterations of each trial's inner solv
 
 
 # --- the sweep under test ----------------------------------------------------------------
-def _solver_args(storage: str, trials: int) -> argparse.Namespace:
+def solver_spec() -> Any:
+    """``SPEC`` of ``sweeps/solver.py``, loaded from its file: ``sweeps/`` holds scripts, not an
+    installed package, so it is not importable from any directory."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweeps_solver", os.path.join(ROOT, "sweeps", "solver.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SPEC
+
+
+def solver_args(storage: str, trials: int) -> argparse.Namespace:
     """What ``sweeps/solver.py --smoke`` parses to, for SPEC.fixed."""
     return argparse.Namespace(
         task=TASK,
@@ -72,9 +82,9 @@ def make_config(storage: str, name: str, trials: int, checkpoint: str, resume: b
     """The SweepConfig of ``sweeps/solver.py --smoke`` with ``max_iter`` in ``MAX_ITER``,
     no enqueued paper point (80 iterations: not a short trial), two trials at once."""
     from orchestrator.driver.sweep import Dim, SweepConfig
-    from sweeps.solver import SPEC
 
-    args = _solver_args(storage, trials)
+    SPEC = solver_spec()
+    args = solver_args(storage, trials)
     space = dict(SPEC.space(TASK))
     space["max_iter"] = Dim("int", *MAX_ITER)
     metrics, modes = SPEC.objective(TASK)
@@ -103,11 +113,11 @@ def make_config(storage: str, name: str, trials: int, checkpoint: str, resume: b
 def train_model(storage: str, name: str) -> str:
     """The fixed model (``ensure_checkpoint`` with the smoke settings), trained in a child process."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from benchmarks.sweep_load import _solver_args, TASK, DATASET;"
-        "from sweeps.solver import SPEC;"
+        "import sys;"  # run in ROOT (cwd): benchmarks/ and sweeps/ import from there
+        "from benchmarks.sweep_load import solver_args, solver_spec, TASK, DATASET;"
+        "SPEC = solver_spec();"
         "from orchestrator.driver.fixed_model import ensure_checkpoint;"
-        "a = _solver_args(sys.argv[2], 1);"
+        "a = solver_args(sys.argv[2], 1);"
         "print(ensure_checkpoint(None, sys.argv[2], sys.argv[3], SPEC.fixed(a),"
         " {'dataset': DATASET, 'data_root': None, 'seed': 0}))"
     )

@@ -31,8 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.analysis.report import confirm_text, console_width
+from orchestrator.analysis.seed_text import confirm_text
 from orchestrator.analysis.seeds import confirm_summary
+from orchestrator.analysis.text_layout import console_width
 from orchestrator.driver.hints import jiio
 from orchestrator.driver.search import Dim
 from orchestrator.driver.sweep import SweepConfig, run_sweep

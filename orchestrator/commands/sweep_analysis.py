@@ -18,8 +18,8 @@ __all__ = ["closing_analysis", "say"]
 
 
 def say(text: str) -> None:
-    """Print ``text`` on stdout within the console's width (see ``report.console_width``)."""
-    from orchestrator.analysis.report import console_width, wrap_lines
+    """Print ``text`` on stdout within the console width (``text_layout.console_width``)."""
+    from orchestrator.analysis.text_layout import console_width, wrap_lines
 
     print("\n".join(wrap_lines(text.split("\n"), console_width())), flush=True)
 

@@ -67,6 +67,7 @@ __all__ = [
     "shared_marker",
     "sweep_dir",
     "sweep_of_dir",
+    "sweep_of_path",
     "table_file",
     "tmp_file",
     "trial_of_key",
@@ -111,6 +112,22 @@ def sweep_dir(base: str, area: str, sweep: str) -> str:
 def sweep_of_dir(name: str) -> str | None:
     """The sweep of a directory name ``sweep=NAME``; None for any other name."""
     return name[len(SWEEP_PREFIX) :] if name.startswith(SWEEP_PREFIX) else None
+
+
+def sweep_of_path(path: str) -> str | None:
+    """The sweep a path belongs to: the name of its first ``sweep=NAME`` component, or None.
+
+    Example:
+        >>> sweep_of_path("results/trials/sweep=alpha/3f2a.parquet")
+        'alpha'
+        >>> sweep_of_path("results/models/m.pt") is None
+        True
+    """
+    for part in path.split("/"):
+        sweep = sweep_of_dir(part)
+        if sweep is not None:
+            return sweep
+    return None
 
 
 def extension(area: str) -> str:

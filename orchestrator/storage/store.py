@@ -63,8 +63,6 @@ class ResultStore(TrialRecords):
         """``<table>/sweep=NAME`` under this root (a table, ``checkpoints`` or ``pending``)."""
         return layout.sweep_dir(self.base, table, sweep)
 
-    _dir = sweep_dir  # the earlier name, still used by orchestrator/trackers.py
-
     def table_file(self, table: str, sweep: str, key: str) -> str:
         """The path of the Parquet file ``key`` of ``table`` for ``sweep``."""
         return layout.table_file(self.base, table, sweep, key)

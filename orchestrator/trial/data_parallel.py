@@ -3,7 +3,7 @@
 A sweep run with ``--workers-per-trial N`` (or ``--gpus-per-trial N`` for N >= 2 whole GPUs)
 gives every trial N workers, each with its shard of the training set (rank r takes samples
 r, r + N, ...). The Trainer averages the gradients of the ranks after every batch and
-takes one step everywhere (``orchestrator.tasks.common.Trainer``), so the effective batch
+takes one step everywhere (``orchestrator.tasks.trainer.Trainer``), so the effective batch
 is N x ``batch_size``. Rank 0 writes the Parquet rows and checkpoints exactly as a
 single-worker trial does, so resume and node loss behave the same; every rank reports
 each epoch to Ray Train, and ``TuneReportCallback`` forwards rank 0's report to Tune, so

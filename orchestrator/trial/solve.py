@@ -22,9 +22,9 @@ from torch import Tensor
 from jiio_core import JIIOResult
 from orchestrator.storage import ResultStore, assert_driver, layout, read_checkpoint
 from orchestrator.tasks import TaskConfig
-from orchestrator.tasks.common import mean_trace
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.registry import make_trainer
+from orchestrator.tasks.step_metrics import mean_trace
 
 if TYPE_CHECKING:
     from orchestrator.trial.meta import SweepMeta

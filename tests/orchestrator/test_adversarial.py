@@ -23,7 +23,7 @@ from orchestrator.tasks.adversarial import (
     format_table,
     train_adversarial,
 )
-from orchestrator.tasks.common import TaskConfig
+from orchestrator.tasks.task_config import TaskConfig
 
 FAST_JIIO = JIIOConfig.paper("mnist_adversarial").replace(max_iter=15, alpha_x_switch_iter=10)
 EVAL_KEYS = {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from orchestrator.analysis import AnalyzeError
-from orchestrator.analysis.seeds import BEATS, SAME
+from orchestrator.analysis.seed_verdicts import BEATS, SAME
 from orchestrator.cli import main
 from orchestrator.commands.confirm import plan_confirm, report, summarize
 from orchestrator.stats import t_interval

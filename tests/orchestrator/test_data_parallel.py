@@ -16,7 +16,8 @@ from torch.utils.data import TensorDataset
 
 from orchestrator.data import DatasetSplits
 from orchestrator.storage import ResultStore
-from orchestrator.tasks.common import StepOutcome, TaskConfig, Trainer
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import StepOutcome, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 

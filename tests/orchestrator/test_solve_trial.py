@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from jiio_core import jiio_solve, l2_ball
-from jiio_core.jiio import TRACE_KEYS
+from jiio_core.augmented import TRACE_KEYS
 from orchestrator.analysis import summarize
 from orchestrator.data import DataConfig, load_dataset, make_loader
 from orchestrator.driver.fixed_model import ensure_checkpoint
 from orchestrator.storage import ResultStore, load_bytes
-from orchestrator.tasks.common import TaskConfig, Trainer
 from orchestrator.tasks.inverse import corrupt
 from orchestrator.tasks.registry import make_trainer
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import Trainer
 from orchestrator.trial.meta import SweepMeta
 from orchestrator.trial.solve import run_solve
 

@@ -8,7 +8,7 @@ next lives on the device:
 
 - the state ``v``, ``v_prev``, ``F(v)``, the kept iterate: static buffers written in place;
 - the alpha_x schedule: a ``(max_iter,)`` tensor indexed by a device step counter;
-- Anderson: :class:`~jiio_core._mixers.StaticAndersonMixer` (a fixed ``m``-unknown system,
+- Anderson: :class:`~jiio_core.static_anderson.StaticAndersonMixer` (a fixed ``m``-unknown system,
   empty slots padded out, slot indices on the device, fallbacks applied by masks);
 - the trace: ``(max_iter, ...)`` buffers written at the counter.
 
@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ._mixers import DampedMixer, StaticAndersonMixer
+from .mixers import DampedMixer
+from .static_anderson import StaticAndersonMixer
 
 if TYPE_CHECKING:
+    from .augmented import AugmentedMap, LoopState
     from .config import JIIOConfig
-    from .jiio import _Augmented, _Loop
 
 __all__ = ["check_graphable", "static_loop"]
 
@@ -47,7 +48,7 @@ def check_graphable(cfg: JIIOConfig, device: torch.device) -> None:
         raise ValueError(f"cuda_graph=True supports solver 'anderson' or 'fixed_point', got {cfg.solver!r}")
 
 
-def static_loop(aug: _Augmented, st: _Loop, capture: bool) -> tuple[Tensor, Tensor]:
+def static_loop(aug: AugmentedMap, st: LoopState, capture: bool) -> tuple[Tensor, Tensor]:
     """Run ``aug``'s iteration from ``st`` with static shapes; returns the raw trace
     ``(T, len(TRACE_KEYS), B)`` and ok ``(T, B)``. ``capture``: replay a CUDA graph of one
     iteration after the warm-up (CUDA only)."""

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from orchestrator.bench._common import _Log
-
-__all__ = ["_CallClock", "_interleave", "_now", "_steps", "_sync", "_timed", "use_clock"]
+__all__ = ["CallClock", "clock_now", "interleave", "step_counts", "sync_device", "time_call", "use_clock"]
 
 #: the clock of every timed region: ``time.perf_counter`` (wall, the default) or
 #: ``time.process_time`` (this process's CPU time: ``--clock cpu``, for a CPU shared with
@@ -29,24 +26,27 @@ def use_clock(kind: str) -> None:
     _CLOCK["now"] = time.perf_counter if kind == "wall" else time.process_time
 
 
-def _now() -> float:
+def clock_now() -> float:
+    """The current reading of the bench's clock (see :func:`use_clock`)."""
     return _CLOCK["now"]()
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the GPU's queued work (no-op on the CPU), so a clock reading includes it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    _sync(device)
-    t0 = _now()
+def time_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds ``fn()`` took, synchronised on both ends, and its result."""
+    sync_device(device)
+    t0 = clock_now()
     out = fn()
-    _sync(device)
-    return _now() - t0, out
+    sync_device(device)
+    return clock_now() - t0, out
 
 
-class _CallClock:
+class CallClock:
     """Wraps a model; records when each call starts (synchronised), relative to ``reset``,
     and a copy of the input of each call.
 
@@ -59,30 +59,30 @@ class _CallClock:
         self.fn, self.device = fn, device
         self.starts: list[float] = []
         self.inputs: list[Tensor] = []
-        self.t0 = _now()
+        self.t0 = clock_now()
 
     def reset(self) -> None:
-        _sync(self.device)
-        self.starts, self.inputs, self.t0 = [], [], _now()
+        sync_device(self.device)
+        self.starts, self.inputs, self.t0 = [], [], clock_now()
 
     def __call__(self, x: Tensor) -> Tensor:
-        _sync(self.device)
-        self.starts.append(_now() - self.t0)
+        sync_device(self.device)
+        self.starts.append(clock_now() - self.t0)
         # a copy: an optimiser (adam_latent) updates its variable in place between calls
         self.inputs.append(x.detach().clone())
         return self.fn(x)
 
 
-def _steps(k: int) -> list[int]:
+def step_counts(k: int) -> list[int]:
     """The row counts shown for a budget of ``k`` steps: k/4, k/2 and k (deduplicated)."""
     return sorted({max(1, k // 4), max(1, k // 2), k})
 
 
-def _interleave(
+def interleave(
     variants: dict[str, Callable[[Tensor, Tensor], Any]],
     batches: list[tuple[Tensor, Tensor]],
     reps: int,
-    log: _Log,
+    log: Callable[[str], None],
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Any]]]:
     """Run every variant on every batch, in turn (a paired timing run per batch), ``reps``
     times over. Returns each variant's timings, one ``{"seconds", "times"?}`` per run in run

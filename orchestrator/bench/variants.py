@@ -8,12 +8,12 @@ import json
 from typing import Any
 
 from jiio_core import JIIOConfig
-from orchestrator.bench._common import BenchInputError
+from orchestrator.bench.setup import BenchInputError
 
-__all__ = ["_jiio_variant", "_jiio_variants"]
+__all__ = ["jiio_variant", "jiio_variants"]
 
 
-def _jiio_variants(specs: list[str], base: JIIOConfig) -> dict[str, JIIOConfig]:
+def jiio_variants(specs: list[str], base: JIIOConfig) -> dict[str, JIIOConfig]:
     """The ``--jiio-config`` variants by label: ``LABEL@SPEC`` names one, else the spec is its
     own label."""
     out: dict[str, JIIOConfig] = {}
@@ -22,11 +22,11 @@ def _jiio_variants(specs: list[str], base: JIIOConfig) -> dict[str, JIIOConfig]:
         label, body = (label.strip(), body) if at else (spec, spec)
         if not label or label in out or label.startswith(("jiio-", "pgd-", "adam-")):
             raise BenchInputError(f"--jiio-config {spec}: the label {label!r} is empty, repeated or reserved")
-        out[label] = _jiio_variant(body, base)
+        out[label] = jiio_variant(body, base)
     return out
 
 
-def _jiio_variant(spec: str, base: JIIOConfig) -> JIIOConfig:
+def jiio_variant(spec: str, base: JIIOConfig) -> JIIOConfig:
     """``--jiio-config``: a preset name (:data:`jiio_core.PRESETS`), ``NAME=VALUE,...`` fields
     set on ``base`` (the bench's own JIIO settings), or ``PRESET:NAME=VALUE,...`` (fields set
     on a preset)."""

@@ -1,7 +1,9 @@
-"""Shared parts of ``jiio bench`` (:mod:`orchestrator.bench`): the error type, the flags both
-benchmarks take, progress, device and environment, data, checkpoint loading and model
-building. Timing is in :mod:`orchestrator.bench._timing`, ``--jiio-config`` in
-:mod:`orchestrator.bench._variants`, the statistics in :mod:`orchestrator.bench.measure`."""
+"""What every ``jiio bench`` run sets up (:mod:`orchestrator.bench`): the error type, the flags
+both benchmarks take, progress, device and environment, data, checkpoint loading, model
+building and the held-out batches. The benchmarks under ``benchmarks/`` reuse the last two
+so that they measure on the very batches ``jiio bench`` does. Timing is in
+:mod:`orchestrator.bench.timing`, ``--jiio-config`` in :mod:`orchestrator.bench.variants`,
+the statistics in :mod:`orchestrator.bench.measure`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from jiio_core import SOLVERS, ClassifierHead, DEQConfig, ImageHead, MDEQCell, MDEQConfig
+from orchestrator.bench.timing import use_clock
 from orchestrator.data import (
     DATASETS,
     DataConfig,
@@ -27,33 +30,29 @@ from orchestrator.data import (
     load_dataset,
     make_loader,
 )
-from orchestrator.tasks.common import mdeq_config
+from orchestrator.tasks.model_sizes import mdeq_config
 
 __all__ = [
-    "_TRAIN_DEQ",
+    "TRAIN_DEQ",
     "BenchInputError",
-    "_Log",
-    "_baseline_deq",
-    "_build",
-    "_common_arguments",
-    "_device",
-    "_device_name",
-    "_environment",
-    "_load",
-    "_load_checkpoint",
-    "_load_data",
-    "_nonneg_float",
-    "_nonneg_int",
-    "_number",
-    "_pos_float",
-    "_pos_int",
-    "_setup",
-    "_test_batches",
-    "_z0",
+    "Log",
+    "add_common_arguments",
+    "baseline_deq",
+    "build_models",
+    "describe_environment",
+    "device_name",
+    "held_out_batches",
+    "initial_z",
+    "load_data",
+    "nonneg_float",
+    "nonneg_int",
+    "pos_float",
+    "pos_int",
+    "setup_run",
 ]
 
 # Classifier training (attack): a plain DEQ, Anderson, the sweeps' default tolerances.
-_TRAIN_DEQ = DEQConfig(solver="anderson", max_iter=20, tol=1e-3, backward_max_iter=15)
+TRAIN_DEQ = DEQConfig(solver="anderson", max_iter=20, tol=1e-3, backward_max_iter=15)
 
 
 class BenchInputError(Exception):
@@ -79,13 +78,16 @@ def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
     return parse
 
 
-_pos_int = _number(int, 1, strict=False)
-_nonneg_int = _number(int, 0, strict=False)
-_pos_float = _number(float, 0.0, strict=True)
-_nonneg_float = _number(float, 0.0, strict=False)
+# argparse ``type=`` parsers: a bad value is a one-line usage error naming the bound.
+pos_int = _number(int, 1, strict=False)
+nonneg_int = _number(int, 0, strict=False)
+pos_float = _number(float, 0.0, strict=True)
+nonneg_float = _number(float, 0.0, strict=False)
 
 
-def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: int) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: int) -> None:
+    """Add the flags both benchmarks take (data, model, samples, timing, output) to ``p``;
+    ``batch`` and ``train_steps`` are the sub-command's defaults."""
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="default: digits (no files needed)")
     p.add_argument("--data-root", default=None, help="directory holding the dataset (all but digits)")
     p.add_argument("--download", action="store_true", help="download the dataset into --data-root if missing")
@@ -93,26 +95,26 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
         "--size",
         choices=("tiny", "paper"),
         default="tiny",
-        help="MDEQ size (orchestrator.tasks.common.mdeq_config); a checkpoint's own size wins",
+        help="MDEQ size (orchestrator.tasks.model_sizes.mdeq_config); a checkpoint's own size wins",
     )
     p.add_argument("--checkpoint", default=None, help="a torch.save'd Trainer.state_dict (modules cell/head)")
     p.add_argument(
         "--train-steps",
-        type=_pos_int,
+        type=pos_int,
         default=train_steps,
         help=f"Adam steps of the in-process training when no --checkpoint (default {train_steps})",
     )
-    p.add_argument("--batch", type=_pos_int, default=batch, help=f"held-out batch size (default {batch})")
+    p.add_argument("--batch", type=pos_int, default=batch, help=f"held-out batch size (default {batch})")
     p.add_argument(
         "--samples",
-        type=_pos_int,
+        type=pos_int,
         default=256,
         help="held-out samples, taken in batches of --batch; strengths and losses are reported "
         "with 95%% intervals over them (default 256)",
     )
     p.add_argument(
         "--reps",
-        type=_pos_int,
+        type=pos_int,
         default=2,
         help="timed passes over the samples; every batch of every pass is one paired timing run "
         "of all methods, in turn (default 2)",
@@ -141,7 +143,7 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
     )
     p.add_argument(
         "--threads",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=1,
         help="torch CPU threads (default 1: steady timings on a shared machine, where more threads "
         "than free cores make every method several times slower; 0: torch's default)",
@@ -164,7 +166,10 @@ def _common_arguments(p: argparse.ArgumentParser, *, batch: int, train_steps: in
 # ----------------------------------------------------------------------------- shared
 
 
-class _Log:
+class Log:
+    """Progress lines on stderr, stamped with the bench's name and its seconds so far
+    (silent with ``--quiet``, so ``--json`` output stays one object on stdout)."""
+
     def __init__(self, name: str, quiet: bool) -> None:
         self.name, self.quiet, self.t0 = name, quiet, time.perf_counter()
 
@@ -179,7 +184,8 @@ def _device(args: argparse.Namespace) -> torch.device:
     return torch.device(args.device)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's name, reported with every timing (times mean nothing without it)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:  # Linux: the CPU's marketing name
@@ -192,7 +198,8 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _load_data(args: argparse.Namespace) -> DatasetSplits:
+def load_data(args: argparse.Namespace) -> DatasetSplits:
+    """The dataset the flags name; a missing or bad dataset is a :class:`BenchInputError`."""
     try:
         return load_dataset(
             DataConfig(dataset=args.dataset, data_root=args.data_root, download=args.download, seed=args.seed)
@@ -228,7 +235,7 @@ def _load_checkpoint(path: str, bench: str) -> dict[str, Any]:
     return {"modules": modules, "config": config}
 
 
-def _build(
+def build_models(
     args: argparse.Namespace, splits: DatasetSplits, bench: str
 ) -> tuple[MDEQCell, nn.Module, dict[str, Any] | None, str, int | None]:
     """Cell and head (from the checkpoint when given); also the checkpoint, size, latent dim."""
@@ -258,7 +265,7 @@ def _build(
     return cell, head, ckpt, size, latent
 
 
-def _test_batches(
+def held_out_batches(
     splits: DatasetSplits, samples: int, batch: int, seed: int, device: torch.device
 ) -> list[tuple[Tensor, Tensor]]:
     """``samples`` held-out images in batches of ``batch`` (the last one smaller if need be),
@@ -278,11 +285,14 @@ def _test_batches(
     return out
 
 
-def _baseline_deq(args: argparse.Namespace) -> DEQConfig:
+def baseline_deq(args: argparse.Namespace) -> DEQConfig:
+    """The baselines' plain DEQ: the paper's settings with ``--deq-solver``."""
     return dataclasses.replace(DEQConfig.paper(), solver=args.deq_solver)
 
 
-def _setup(args: argparse.Namespace, name: str) -> tuple[torch.device, _Log]:
+def setup_run(args: argparse.Namespace, name: str) -> tuple[torch.device, Log]:
+    """Check the flags that can fail before any work (device, checkpoint, plot path, clock),
+    then set the clock, threads and seed; the device and the progress log."""
     device = _device(args)
     if args.checkpoint:
         from orchestrator.storage import file_exists
@@ -303,19 +313,19 @@ def _setup(args: argparse.Namespace, name: str) -> tuple[torch.device, _Log]:
             raise BenchInputError(f"--plot {plot}: the file name must end in .png")
     if args.clock == "cpu" and device.type != "cpu":
         raise BenchInputError("--clock cpu times the CPU's work: use it with --device cpu")
-    from orchestrator.bench._timing import use_clock
-
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.load_start = _load()
-    return device, _Log(name, args.quiet)
+    return device, Log(name, args.quiet)
 
 
-def _environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+def describe_environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Where the timings were taken (device, threads, clock, versions, load): the result's
+    ``environment``, so a reader can tell whether two results are comparable."""
     return {
-        "device": _device_name(device),
+        "device": device_name(device),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
         "clock": getattr(args, "clock", "wall"),
@@ -332,7 +342,7 @@ def _load() -> list[float] | None:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def _z0(cell: MDEQCell, x: Tensor, how: str) -> Tensor:
+def initial_z(cell: MDEQCell, x: Tensor, how: str) -> Tensor:
     """JIIO's initial state: zeros (``cell.init_z``, the paper's start) or one cell step from zero."""
     if how == "zeros":
         return cell.init_z(x)

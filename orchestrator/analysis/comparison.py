@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from orchestrator.analysis.report import fmt
-from orchestrator.analysis.summary import Interval, PerSample, compare_values
+from orchestrator.analysis.intervals import Interval, PerSample, compare_values
+from orchestrator.analysis.text_layout import fmt
 from orchestrator.driver.hints import jiio
 
 __all__ = ["compare_summaries", "compare_text"]
