@@ -192,7 +192,6 @@ def _measure(kind: str, root: str, out: str, rev: str | None) -> None:
         import contextlib
         import io
 
-        sys.path.insert(0, ROOT)
         if kind == "baseline":
             import importlib.util
 

@@ -1,6 +1,6 @@
 """How long ASHA's prune callback holds Ray Tune's event loop, on a slow object store.
 
-The pruning scheduler of ``orchestrator.sweep`` (``_pruning_asha``) writes a stopped
+The pruning scheduler of ``orchestrator.driver.sweep`` (``_pruning_asha``) writes a stopped
 trial's ``pruned`` row (``sweep_state.driver_row``: row, record, checkpoint delete,
 compaction of steps and traces). This drives its ``on_trial_result`` directly, with fake
 trials, ``--trials`` prune decisions in a row (ASHA with falling accuracies: the first
@@ -38,7 +38,6 @@ from types import SimpleNamespace
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "content-length"}
 
@@ -135,10 +134,11 @@ def _run(mode: str, n: int, bucket: str, direct, proxy: LatencyProxy) -> dict[st
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.utils.util import warn_if_slow
 
-    from orchestrator.driver_writes import DriverWrites
-    from orchestrator.results import ResultStore
-    from orchestrator.search import Dim
-    from orchestrator.sweep import SweepConfig, _pruning_asha
+    from orchestrator.driver.background_writes import DriverWrites
+    from orchestrator.driver.search import Dim
+    from orchestrator.driver.sweep import SweepConfig
+    from orchestrator.driver.tuner import pruning_asha as _pruning_asha
+    from orchestrator.storage import ResultStore
 
     sweep = f"bench-{mode}"
     cfg = SweepConfig(

@@ -17,9 +17,6 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-
 #: the steps of gpu_check.sh, in order; each writes <step>.out (stdout), .err, .rc, .seconds
 STEPS = ("env", "cuda_tests", "graph", "overhead", "bench")
 
@@ -53,7 +50,7 @@ def graph(args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from jiio_core import ClassifierHead, JIIOConfig, MDEQCell, jiio_solve, l2_ball
-    from orchestrator.tasks.common import mdeq_config
+    from orchestrator.tasks.model_sizes import mdeq_config
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -110,7 +107,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.bench import attack
 
     splits = synthetic_mnist(512 if args.quick else 4096, 64 if args.quick else 512)
-    attack._load_data = lambda _args: splits  # the bench's data: synthetic, no files
+    attack.load_data = lambda _args: splits  # the bench's data: synthetic, no files
     argv = ["bench", "attack", "--device", args.device, "--plot", "", "--quiet"]
     if args.quick:
         argv += ["--size", "tiny", "--train-steps", "5", "--batch", "8", "--samples", "16", "--reps", "1"]
@@ -234,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     result = graph(args) if args.what == "graph" else bench(args)
-    from orchestrator.bench.report import _finite
+    from orchestrator.bench.report import json_safe
 
-    print(json.dumps(_finite(result), allow_nan=False, default=str))
+    print(json.dumps(json_safe(result), allow_nan=False, default=str))
     return 0
 
 

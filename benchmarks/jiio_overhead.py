@@ -17,7 +17,7 @@ counts the waits for a core). The load average is read before and after.
 state size, against the memory-traffic floor: reading the m-deep history twice
 (``2 m D B`` values: update one Gram row, mix), timed here as two batched products that
 read ``G`` and ``Y`` once each. It reports the bytes each step moves by the model of
-``jiio_core._mixers.AndersonMixer`` (type II: ``2 m D B`` reads; type I: ``3 m D B``,
+``jiio_core.mixers.AndersonMixer`` (type II: ``2 m D B`` reads; type I: ``3 m D B``,
 the mix re-reads ``Y``) and the effective bandwidth.
 
 Run: ``python benchmarks/jiio_overhead.py [--batch 64] [--size tiny|paper] [--iters 80]
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from jiio_core import ClassifierHead, JIIOConfig, MDEQCell, MDEQConfig, jiio_solve, l2_ball
-from jiio_core._mixers import AndersonMixer
+from jiio_core.mixers import AndersonMixer
 
 
 def _sync(device: torch.device) -> None:

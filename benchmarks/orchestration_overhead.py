@@ -22,10 +22,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from orchestrator.storage import ResultStore
 
-from orchestrator.results import ResultStore  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(reuse: bool, trials: int, slots: int) -> dict[str, float]:

@@ -34,12 +34,9 @@ import os
 import sys
 from typing import Any
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-
-from orchestrator.bench.reference import fastest_to  # noqa: E402
-from orchestrator.bench.report import _finite, _render  # noqa: E402
-from orchestrator.results import ResultStore  # noqa: E402
+from orchestrator.bench.reference import fastest_to
+from orchestrator.bench.report import json_safe, render
+from orchestrator.storage import ResultStore
 
 #: the settings a solver sweep searches (sweeps/solver.py): a front row's configuration
 SEARCHED = ("anderson_m", "max_iter", "alpha_z", "alpha_mu", "alpha_x", "init", "anderson_type")
@@ -76,7 +73,7 @@ def spec(row: dict[str, Any]) -> str:
 def _reference(results: str, name: str) -> dict[str, Any] | None:
     """The sweep's stored baseline reference, or None (no file, or a sweep from before it)."""
     from orchestrator.bench.reference import reference_path
-    from orchestrator.solve_trial import load_bytes
+    from orchestrator.storage import load_bytes
 
     try:
         return json.loads(load_bytes(reference_path(results, name)))
@@ -130,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     out["sweep_reference"] = ref is not None
     out["sweep"] = {"results": args.results, "name": args.name}
     with open(f"{args.out}.json", "w") as fh:
-        json.dump(_finite(out), fh, allow_nan=False)
-    print(_render(out))
+        json.dump(json_safe(out), fh, allow_nan=False)
+    print(render(out))
     for r in out["front"]:
         sweep = r.get("sweep_vs_fastest")
         vs = (

@@ -4,7 +4,7 @@ Runs the ``sweeps/solver.py`` sweep (kind ``"solve"``: JIIO inner solves on one 
 trained model) with its ``--smoke`` settings and a tiny ``max_iter`` range, so that each
 trial is as short as the machinery allows, on a fresh local Ray (``ray.init(address="local",
 num_cpus=2)``, even when another is running), in this process: this process *is* the
-sweep's driver (``orchestrator.sweep.run_sweep``).
+sweep's driver (``orchestrator.driver.sweep.run_sweep``).
 A background thread samples, every ``--sample-s`` seconds:
 
 - the driver's resident memory (``VmRSS`` of ``/proc/self/status``; ``VmHWM`` too) and
@@ -44,7 +44,6 @@ from typing import Any
 
 T_PROCESS = time.perf_counter()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 MIB = 1024 * 1024
 TASK, DATASET = "adversarial", "digits"
@@ -52,7 +51,18 @@ MAX_ITER = (2, 4)  # the searched range of iterations of each trial's inner solv
 
 
 # --- the sweep under test ----------------------------------------------------------------
-def _solver_args(storage: str, trials: int) -> argparse.Namespace:
+def solver_spec() -> Any:
+    """``SPEC`` of ``sweeps/solver.py``, loaded from its file: ``sweeps/`` holds scripts, not an
+    installed package, so it is not importable from any directory."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweeps_solver", os.path.join(ROOT, "sweeps", "solver.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SPEC
+
+
+def solver_args(storage: str, trials: int) -> argparse.Namespace:
     """What ``sweeps/solver.py --smoke`` parses to, for SPEC.fixed."""
     return argparse.Namespace(
         task=TASK,
@@ -71,10 +81,10 @@ def _solver_args(storage: str, trials: int) -> argparse.Namespace:
 def make_config(storage: str, name: str, trials: int, checkpoint: str, resume: bool):
     """The SweepConfig of ``sweeps/solver.py --smoke`` with ``max_iter`` in ``MAX_ITER``,
     no enqueued paper point (80 iterations: not a short trial), two trials at once."""
-    from orchestrator.sweep import Dim, SweepConfig
-    from sweeps.solver import SPEC
+    from orchestrator.driver.sweep import Dim, SweepConfig
 
-    args = _solver_args(storage, trials)
+    SPEC = solver_spec()
+    args = solver_args(storage, trials)
     space = dict(SPEC.space(TASK))
     space["max_iter"] = Dim("int", *MAX_ITER)
     metrics, modes = SPEC.objective(TASK)
@@ -103,11 +113,11 @@ def make_config(storage: str, name: str, trials: int, checkpoint: str, resume: b
 def train_model(storage: str, name: str) -> str:
     """The fixed model (``ensure_checkpoint`` with the smoke settings), trained in a child process."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from benchmarks.sweep_load import _solver_args, TASK, DATASET;"
-        "from sweeps.solver import SPEC;"
-        "from orchestrator.solve_trial import ensure_checkpoint;"
-        "a = _solver_args(sys.argv[2], 1);"
+        "import sys;"  # run in ROOT (cwd): benchmarks/ and sweeps/ import from there
+        "from benchmarks.sweep_load import solver_args, solver_spec, TASK, DATASET;"
+        "SPEC = solver_spec();"
+        "from orchestrator.driver.fixed_model import ensure_checkpoint;"
+        "a = solver_args(sys.argv[2], 1);"
         "print(ensure_checkpoint(None, sys.argv[2], sys.argv[3], SPEC.fixed(a),"
         " {'dataset': DATASET, 'data_root': None, 'seed': 0}))"
     )
@@ -220,11 +230,11 @@ class Sampler(threading.Thread):
 
 # --- warm start: what a --resume does before its first new trial -------------------------
 def warm_start(cfg) -> dict[str, float]:
-    """Seconds of each step ``orchestrator.sweep._run_locked`` takes on a resume before Tune
+    """Seconds of each step ``orchestrator.driver.sweep._run_locked`` takes on a resume before Tune
     starts (no Ray call: ``max_concurrent`` is set). ``write_meta`` writes the same meta."""
-    from orchestrator.results import ResultStore
-    from orchestrator.search import make_searcher
-    from orchestrator.sweep_state import check_resume, plan_run, write_meta
+    from orchestrator.driver.search import make_searcher
+    from orchestrator.driver.state import check_resume, plan_run, write_meta
+    from orchestrator.storage import ResultStore
 
     out: dict[str, float] = {}
 
@@ -270,8 +280,8 @@ def resume_phase(args: argparse.Namespace) -> int:
     """``--phase resume``: this process is a fresh driver resuming the sweep to ``--trials``."""
     import ray
 
-    from orchestrator.results import ResultStore
-    from orchestrator.sweep import run_sweep
+    from orchestrator.driver.sweep import run_sweep
+    from orchestrator.storage import ResultStore
 
     t_imported = time.perf_counter()
     cfg = make_config(args.storage, args.name, args.trials, args.checkpoint, resume=True)
@@ -319,8 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import ray
 
-    from orchestrator.results import ResultStore
-    from orchestrator.sweep import run_sweep
+    from orchestrator.driver.sweep import run_sweep
+    from orchestrator.storage import ResultStore
 
     fds_start = _fds()
     rss_start = _status_kib("self", "VmRSS") / 1024

@@ -39,9 +39,6 @@ import sys
 import time
 from typing import Any
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-
 MODES = {
     "jiio": ["--mode", "jiio"],
     "pgd-warm": ["--mode", "pgd", "--set", "pgd_warm=true"],
@@ -59,7 +56,8 @@ def train_one(mode: str, seed: int, args: argparse.Namespace) -> tuple[Any, dict
     """Train one model as ``jiio train`` would; return the trainer and its costs."""
     import torch
 
-    from orchestrator import cli, train_cli
+    from orchestrator import cli
+    from orchestrator.commands import train as train_cli
     from orchestrator.data import DataConfig, load_dataset
     from orchestrator.tasks.registry import make_trainer
 
@@ -104,8 +102,9 @@ def evaluate(trainer: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from jiio_core import DEQ, DEQConfig, JIIOConfig, jiio_solve, l2_ball, pgd_attack, pgd_attack_warm
-    from orchestrator.bench._common import _test_batches, _z0
     from orchestrator.bench.measure import accuracy_interval, margin
+    from orchestrator.bench.setup import held_out_batches as _test_batches
+    from orchestrator.bench.setup import initial_z as _z0
     from orchestrator.bench.strong import warm_settings
 
     cell, head = trainer.cell, trainer.head
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--epochs must be >= 1 and --seeds not empty")
     import torch
 
-    from orchestrator.bench.report import _finite
+    from orchestrator.bench.report import json_safe as _finite
 
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -27,13 +26,9 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from orchestrator.data import DatasetSplits  # noqa: E402
-from orchestrator.tasks import TaskConfig  # noqa: E402
-from orchestrator.tasks.adversarial import AdversarialTrainer  # noqa: E402
+from orchestrator.data import DatasetSplits
+from orchestrator.tasks import TaskConfig
+from orchestrator.tasks.adversarial import AdversarialTrainer
 
 # (channels, image size, train split, test split) of each dataset as the loaders give it.
 SHAPES = {"digits": (1, 16, 1078, 360), "mnist": (1, 28, 55000, 10000), "cifar10": (3, 32, 45000, 10000)}

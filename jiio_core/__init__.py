@@ -1,6 +1,7 @@
 """jiio_core: fixed-point solvers, DEQ layers and JIIO (joint inference and input optimisation).
 
-Pure PyTorch: no Ray, no file I/O. See DESIGN.md section 3 for the public contract.
+Pure PyTorch: no Ray, no file I/O. The public contract is this package's ``__all__``;
+docs/architecture.md places it in the project.
 
 Example:
     >>> import torch

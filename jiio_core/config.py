@@ -14,6 +14,9 @@ from typing import Any
 __all__ = ["SOLVERS", "DEQConfig", "JIIOConfig"]
 
 SOLVERS = ("anderson", "broyden", "fixed_point")
+"""The fixed-point solver names, listed here only: the configs, ``make_mixer``, the task
+config's ``deq_solver`` and the CLIs' choices all check against this tuple (its order is
+that of the error messages)."""
 _BACKWARDS = ("ift", "jfb")
 
 
@@ -217,7 +220,7 @@ class JIIOConfig:
 
     @classmethod
     def paper(cls, task: str) -> JIIOConfig:
-        """The settings of the paper's released code (DESIGN.md section 4) for ``task``.
+        """The settings of the paper's released code (JIIO, Gurumurthy et al., NeurIPS 2021) for ``task``.
 
         ``task``: ``"mnist_adversarial"``, ``"cifar_adversarial"`` or ``"celeba_generative"``.
         Start z = 0, mu = 0, x = x0 (``init="zero"``); Anderson type I, ``beta = 1``, no ridge

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._mixers import make_mixer
 from .config import DEQConfig
 from .implicit import attach_implicit_grad
+from .mixers import make_mixer
 from .solvers import solve
 
 __all__ = ["DEQ", "DEQInfo"]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._mixers import make_mixer
+from .mixers import make_mixer
 from .solvers import SolverResult, solve
 
 __all__ = ["attach_implicit_grad", "dual_shortcut"]

@@ -36,7 +36,7 @@ class Preset:
         return JIIOConfig.paper(self.base).replace(**self.changes)
 
 
-_PAPER = "the paper's released code (DESIGN.md s. 4)"
+_PAPER = "the paper's released code (JIIO, Gurumurthy et al., NeurIPS 2021)"
 
 PRESETS: dict[str, Preset] = {
     "paper-mnist-adversarial": Preset("mnist_adversarial", source=_PAPER),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._mixers import AndersonMixer, BroydenMixer, DampedMixer
+from .mixers import AndersonMixer, BroydenMixer, DampedMixer
 
 __all__ = ["SolverResult", "anderson", "batch_norm", "broyden", "fixed_point", "solve"]
 

@@ -30,7 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .warm_solve import WarmGrad, WarmSettings, _check, _forward, _init_z, _int, _maps, _num, warm_input_grad
+from .warm_solve import (
+    WarmGrad,
+    WarmSettings,
+    cell_maps,
+    finite_at_least,
+    initial_state,
+    int_at_least,
+    require,
+    solve_forward,
+    warm_input_grad,
+)
 
 __all__ = [
     "WarmGrad",
@@ -79,7 +89,7 @@ def _run(
     callback: Callable[[int, Tensor], None] | None,
 ) -> tuple[Tensor, WarmStats]:
     """The loop both baselines share: gradient at ``x_t``, ``x_{t+1} = update(grad, size)``."""
-    z_cold = _init_z(cell, x_first) if z0 is None else z0.detach()
+    z_cold = initial_state(cell, x_first) if z0 is None else z0.detach()
     z_w, u_w, x_t = z_cold, None, x_first
     st = WarmStats(step_loss=[], final_loss=x_first.new_zeros(0), steps=len(sizes))
     for t, size in enumerate(sizes):
@@ -98,7 +108,7 @@ def _run(
         if callback is not None:
             callback(t, x_t)
     with torch.no_grad():  # the returned input's loss, its forward solved as the steps' were
-        st.final_loss = loss(_forward(_maps(cell, x_t)[0], z_w, o).x).detach()
+        st.final_loss = loss(solve_forward(cell_maps(cell, x_t)[0], z_w, o).x).detach()
     return x_t, st
 
 
@@ -111,11 +121,14 @@ def _step_sizes(step_size: StepSize, steps: int) -> list[float]:
         sizes = [step_size(t) for t in range(steps)]
     elif isinstance(step_size, Sequence):
         sizes = list(step_size)
-        _check(len(sizes) == steps, f"step_size schedule has {len(sizes)} entries for steps={steps}")
+        require(len(sizes) == steps, f"step_size schedule has {len(sizes)} entries for steps={steps}")
     else:
         sizes = [step_size] * steps
     for t, a in enumerate(sizes):
-        _check(_num(a, 0, strict=True), f"step_size must be a finite number > 0, got {a!r} at step {t}")
+        require(
+            finite_at_least(a, 0, strict=True),
+            f"step_size must be a finite number > 0, got {a!r} at step {t}",
+        )
     return [float(a) for a in sizes]
 
 
@@ -171,9 +184,9 @@ def pgd_attack_warm(
         >>> bool(((x_adv - x).norm(dim=1) <= 0.5 + 1e-6).all()), len(st.forward_iters)
         (True, 5)
     """
-    _check(_num(eps, 0, strict=False), f"eps must be a finite number >= 0, got {eps!r}")
-    _check(_int(steps, 1), f"steps must be an int >= 1, got {steps!r}")
-    _check(
+    require(finite_at_least(eps, 0, strict=False), f"eps must be a finite number >= 0, got {eps!r}")
+    require(int_at_least(steps, 1), f"steps must be an int >= 1, got {steps!r}")
+    require(
         clip is None or (len(clip) == 2 and clip[0] < clip[1]),
         f"clip must be None or (lo, hi), lo < hi; got {clip!r}",
     )
@@ -250,8 +263,8 @@ def adam_latent_warm(
         >>> bool(st.final_loss.mean() < st.step_loss[0]), st.backward_iters[0]
         (True, 4)
     """
-    _check(_int(steps, 1), f"steps must be an int >= 1, got {steps!r}")
-    _check(_num(lr, 0, strict=True), f"lr must be a finite number > 0, got {lr!r}")
+    require(int_at_least(steps, 1), f"steps must be an int >= 1, got {steps!r}")
+    require(finite_at_least(lr, 0, strict=True), f"lr must be a finite number > 0, got {lr!r}")
     o = settings or WarmSettings(
         solver,
         anderson_m,

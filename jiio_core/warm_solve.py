@@ -26,26 +26,39 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._mixers import make_mixer
 from .config import SOLVERS
+from .mixers import make_mixer
 from .solvers import SolverResult, solve
 
-__all__ = ["WarmGrad", "WarmSettings", "warm_input_grad"]
+__all__ = [
+    "WarmGrad",
+    "WarmSettings",
+    "cell_maps",
+    "finite_at_least",
+    "initial_state",
+    "int_at_least",
+    "require",
+    "solve_forward",
+    "warm_input_grad",
+]
 
 Cell = Callable[[Tensor, Tensor], Tensor]
 
 
-def _check(ok: bool, msg: str) -> None:
+def require(ok: bool, msg: str) -> None:
+    """Raise ``ValueError(msg)`` unless ``ok``: how the warm settings and attacks validate."""
     if not ok:
         raise ValueError(msg)
 
 
-def _num(v: object, low: float, strict: bool) -> bool:
+def finite_at_least(v: object, low: float, strict: bool) -> bool:
+    """Whether ``v`` is a finite number (not a bool) ``> low`` (``strict``) or ``>= low``."""
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v < math.inf
     return ok and (v > low if strict else v >= low)  # type: ignore[operator]
 
 
-def _int(v: object, low: int) -> bool:
+def int_at_least(v: object, low: int) -> bool:
+    """Whether ``v`` is an int (not a bool) ``>= low``."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
@@ -75,14 +88,14 @@ class WarmSettings:
     def __post_init__(self) -> None:
         for name in ("solver", "backward_solver"):
             s = getattr(self, name)
-            _check(s in SOLVERS, f"{name} must be one of {', '.join(SOLVERS)}; got {s!r}")
+            require(s in SOLVERS, f"{name} must be one of {', '.join(SOLVERS)}; got {s!r}")
         m, fmax, k = self.anderson_m, self.forward_max_iter, self.backward_iters
-        _check(_int(m, 1), f"anderson_m must be an int >= 1, got {m!r}")
-        _check(_int(fmax, 1), f"forward_max_iter must be an int >= 1, got {fmax!r}")
-        _check(_int(k, 0), f"backward_iters must be an int >= 0 (0: JFB), got {k!r}")
+        require(int_at_least(m, 1), f"anderson_m must be an int >= 1, got {m!r}")
+        require(int_at_least(fmax, 1), f"forward_max_iter must be an int >= 1, got {fmax!r}")
+        require(int_at_least(k, 0), f"backward_iters must be an int >= 0 (0: JFB), got {k!r}")
         for name in ("anderson_lam", "forward_tol", "backward_tol"):
             v = getattr(self, name)
-            _check(_num(v, 0, strict=False), f"{name} must be a finite number >= 0, got {v!r}")
+            require(finite_at_least(v, 0, strict=False), f"{name} must be a finite number >= 0, got {v!r}")
 
     def replace(self, **changes: object) -> WarmSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -109,7 +122,7 @@ class WarmGrad:
     backward_residual: Tensor
 
 
-def _maps(cell: Cell, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+def cell_maps(cell: Cell, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     """(``z -> f(z, x)`` on a detached ``x`` for the forward solve, the same wired to ``x``)."""
     inject, step = getattr(cell, "inject", None), getattr(cell, "step", None)
     if callable(inject) and callable(step):
@@ -120,12 +133,14 @@ def _maps(cell: Cell, x: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[
     return (lambda z: cell(z, x_d)), (lambda z: cell(z, x))
 
 
-def _init_z(cell: Cell, x: Tensor) -> Tensor:
+def initial_state(cell: Cell, x: Tensor) -> Tensor:
+    """The cold start of the forward solve: ``cell.init_z(x)`` when the cell has it, else zeros."""
     init = getattr(cell, "init_z", None)
     return init(x).detach() if callable(init) else torch.zeros_like(x)
 
 
-def _forward(f: Callable[[Tensor], Tensor], z0: Tensor, o: WarmSettings) -> SolverResult:
+def solve_forward(f: Callable[[Tensor], Tensor], z0: Tensor, o: WarmSettings) -> SolverResult:
+    """``z* = f(z*)`` from ``z0`` with the settings' solver, memory, tolerance and budget."""
     m = o.anderson_m if o.solver == "anderson" else o.forward_max_iter
     mixer = make_mixer(o.solver, m=m, lam=o.anderson_lam)
     return solve(f, z0.detach(), mixer, max_iter=o.forward_max_iter, tol=o.forward_tol)
@@ -209,8 +224,8 @@ def warm_input_grad(
     )
     x_req = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        f_solve, f_wired = _maps(cell, x_req)
-        res = _forward(f_solve, _init_z(cell, x) if z0 is None else z0, o)
+        f_solve, f_wired = cell_maps(cell, x_req)
+        res = solve_forward(f_solve, initial_state(cell, x) if z0 is None else z0, o)
         z_star = res.x.detach().clone()
         z_l = z_star.clone().requires_grad_(True)
         loss_v = loss(z_l)

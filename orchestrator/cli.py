@@ -2,9 +2,9 @@
 
 ``jiio bench attack|latent ...`` (JIIO against PGD / Adam, :mod:`orchestrator.bench`),
 ``jiio analyze PATH`` (:mod:`orchestrator.analyze`), ``jiio sweep alpha|solver ...`` (the
-scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.confirm`),
-``jiio train --out FILE`` (:mod:`orchestrator.train_cli`), ``jiio export optuna PATH --name
-NAME --to URL`` (:mod:`orchestrator.export`).
+scripts in ``sweeps/``), ``jiio confirm PATH --name NAME`` (:mod:`orchestrator.commands.confirm`),
+``jiio train --out FILE`` (:mod:`orchestrator.commands.train`), ``jiio export optuna PATH --name
+NAME --to URL`` (:mod:`orchestrator.commands.export`).
 Adding a sub-command is one entry in :data:`COMMANDS`: a help line, a function that adds
 its arguments to an ``argparse`` parser, and a function that runs it from the parsed
 namespace and returns the exit code.
@@ -121,20 +121,20 @@ def _sweep_run(args: argparse.Namespace) -> int:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from orchestrator.sweep_cli import main as sweep_main
+    from orchestrator.commands.sweep import main as sweep_main
 
     sys.argv = [path, *args.args]  # the resume hint repeats this command line
     return sweep_main(module.SPEC, list(args.args))
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator import train_cli
+    from orchestrator.commands import train as train_cli
 
     train_cli.add_arguments(parser)
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from orchestrator import train_cli
+    from orchestrator.commands import train as train_cli
 
     try:
         return train_cli.run(args)
@@ -143,13 +143,13 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _confirm_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator import confirm
+    from orchestrator.commands import confirm
 
     confirm.add_arguments(parser)
 
 
 def _confirm_run(args: argparse.Namespace) -> int:
-    from orchestrator import confirm
+    from orchestrator.commands import confirm
 
     try:
         return confirm.run(args)
@@ -158,13 +158,13 @@ def _confirm_run(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    from orchestrator import export
+    from orchestrator.commands import export
 
     export.add_arguments(parser)
 
 
 def _export_run(args: argparse.Namespace) -> int:
-    from orchestrator import export
+    from orchestrator.commands import export
 
     try:
         return export.run(args)

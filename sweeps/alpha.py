@@ -21,11 +21,11 @@ from typing import Any
 # Run from a checkout (python sweeps/alpha.py): import the checkout. Copied elsewhere (ray
 # submit puts the script at ~/alpha.py on the head): use the installed package.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_ROOT, "orchestrator", "sweep.py")):
+if os.path.isfile(os.path.join(_ROOT, "orchestrator", "cli.py")):
     sys.path.insert(0, _ROOT)
 
-from orchestrator.space import Dim  # noqa: E402
-from orchestrator.sweep_cli import SweepSpec, main, paper_jiio, task_objective  # noqa: E402
+from orchestrator.commands.sweep import SweepSpec, main, task_objective  # noqa: E402
+from orchestrator.driver.space import Dim  # noqa: E402
 
 
 def space(task: str) -> dict[str, Dim]:
@@ -49,6 +49,8 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
     Every evaluation covers the whole test split (``eval_batches=None``; each eval row and
     the trial's row record it as ``eval_n``), at every model size; ``--smoke`` evaluates
     one batch."""
+    from orchestrator.tasks.jiio_settings import paper_jiio  # jiio_core, torch: once the flags are valid
+
     paper = paper_jiio(args.task, args.dataset).to_dict()
     out: dict[str, Any] = {k: v for k, v in paper.items() if k not in ("alpha_z", "alpha_mu", "alpha_x")}
     out.update(
@@ -91,6 +93,8 @@ def fixed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def enqueue(args: argparse.Namespace, dims: dict[str, Dim]) -> list[dict[str, Any]]:
+    from orchestrator.tasks.jiio_settings import paper_jiio  # jiio_core, torch: once the flags are valid
+
     paper = paper_jiio(args.task, args.dataset)
     return [{k: getattr(paper, k) for k in dims}]
 

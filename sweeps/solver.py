@@ -30,11 +30,11 @@ from typing import Any
 # Run from a checkout (python sweeps/alpha.py): import the checkout. Copied elsewhere (ray
 # submit puts the script at ~/alpha.py on the head): use the installed package.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_ROOT, "orchestrator", "sweep.py")):
+if os.path.isfile(os.path.join(_ROOT, "orchestrator", "cli.py")):
     sys.path.insert(0, _ROOT)
 
-from orchestrator.sweep import Dim  # noqa: E402
-from orchestrator.sweep_cli import SweepSpec, main, paper_jiio  # noqa: E402
+from orchestrator.commands.sweep import SweepSpec, main  # noqa: E402
+from orchestrator.driver.sweep import Dim  # noqa: E402
 
 
 def space(task: str) -> dict[str, Dim]:
@@ -52,6 +52,8 @@ def space(task: str) -> dict[str, Dim]:
 
 
 def fixed(args: argparse.Namespace) -> dict[str, Any]:
+    from orchestrator.tasks.jiio_settings import paper_jiio  # jiio_core, torch: once the flags are valid
+
     paper = paper_jiio(args.task, args.dataset).to_dict()
     out: dict[str, Any] = {k: v for k, v in paper.items() if k not in space(args.task)}
     out.update(
@@ -77,6 +79,8 @@ def objective(task: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def enqueue(args: argparse.Namespace, dims: dict[str, Dim]) -> list[dict[str, Any]]:
+    from orchestrator.tasks.jiio_settings import paper_jiio  # jiio_core, torch: once the flags are valid
+
     paper = paper_jiio(args.task, args.dataset)
     return [{k: getattr(paper, k) for k in dims}]
 
@@ -97,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def prepare(
     args: argparse.Namespace, fixed_: dict[str, Any], data: dict[str, Any], name: str
 ) -> dict[str, Any]:
-    from orchestrator.solve_trial import ensure_checkpoint  # torch: only once the flags are valid
+    from orchestrator.driver.fixed_model import ensure_checkpoint  # torch: only once the flags are valid
 
     checkpoint = ensure_checkpoint(args.checkpoint, args.storage, name, fixed_, data)
     skip = getattr(args, "no_baseline_reference", False) or args.smoke  # a smoke run: plumbing only
@@ -113,19 +117,17 @@ def baseline_reference(
     ``<storage>/baselines/<name>.json``, unless an earlier run of this sweep did."""
     import io
 
-    import pyarrow.fs as pafs
     import torch
 
     from orchestrator.bench import reference
     from orchestrator.data import DataConfig, load_dataset
-    from orchestrator.results import ResultStore
-    from orchestrator.solve_trial import read_checkpoint
+    from orchestrator.storage import ResultStore, read_checkpoint
     from orchestrator.tasks import TaskConfig
     from orchestrator.tasks.registry import make_trainer
 
     store = ResultStore(storage)
-    target = f"{store.base}/baselines/{name}.json"
-    if store.fs.get_file_info(target).type == pafs.FileType.File:
+    target = store.baseline_path(name)
+    if store.is_file(target):
         return target  # a resumed sweep keeps the reference its trials are compared with
     state = read_checkpoint(checkpoint)
     keys = ("task", "model_size", "eps")

@@ -3,15 +3,23 @@
 - :mod:`~orchestrator.analysis.engine`: reads only the files and columns asked for (files
   picked by trial id from their names, both the per-epoch and the compacted layout),
   DuckDB views over ``pyarrow.dataset`` for ``--sql``;
+- :mod:`~orchestrator.analysis.sweep_rows`: a sweep's metadata, objectives, searched space,
+  statuses and ranking, read defensively;
+- :mod:`~orchestrator.analysis.intervals`: 95% intervals of a trial's objective and paired
+  comparisons on shared samples;
 - :mod:`~orchestrator.analysis.summary`: state, counts and time by status, best and paper
   configurations with 95% intervals, and whether the best really beats the paper's;
-- :mod:`~orchestrator.analysis.seeds`: configurations with several seeds (a ``jiio
+- :mod:`~orchestrator.analysis.seeds` (with :mod:`~orchestrator.analysis.seed_values` and
+  :mod:`~orchestrator.analysis.seed_verdicts`): configurations with several seeds (a ``jiio
   confirm`` sweep): intervals over seeds, variance components, verdicts against the
   paper's configuration paired by seed, selection optimism;
 - :mod:`~orchestrator.analysis.importance`: parameter importance (objective, divergence)
   with bootstrap intervals over trials, and the divergence grid;
-- :mod:`~orchestrator.analysis.plots`, :mod:`~orchestrator.analysis.traces`: the PNGs;
-- :mod:`~orchestrator.analysis.report`: console text and the self-contained HTML report;
+- :mod:`~orchestrator.analysis.plots`, :mod:`~orchestrator.analysis.traces` (drawing with
+  :mod:`~orchestrator.analysis.figures`): the PNGs;
+- :mod:`~orchestrator.analysis.report` (with :mod:`~orchestrator.analysis.text_layout` and
+  :mod:`~orchestrator.analysis.seed_text`): console text and the self-contained HTML report;
+- :mod:`~orchestrator.analysis.comparison`: two sweeps side by side (``--compare``);
 - :mod:`~orchestrator.analysis.command`: ``run``, ``sql``, ``compare``.
 """
 
@@ -22,7 +30,7 @@ from typing import Any
 from orchestrator.analysis.command import compare, run, sql
 from orchestrator.analysis.engine import AnalyzeError, Source
 from orchestrator.analysis.report import summary_text
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 
 __all__ = ["AnalyzeError", "Source", "compare", "plot_sweep", "run", "sql", "summarize", "summary_text"]
 

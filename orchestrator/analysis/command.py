@@ -15,13 +15,14 @@ import sys
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from orchestrator.analysis.engine import AnalyzeError, Source, reason
 from orchestrator.analysis.plots import plot_all
-from orchestrator.analysis.report import console_width, summary_text, write_html
+from orchestrator.analysis.report import summary_text, write_html
 from orchestrator.analysis.summary import summarize
-from orchestrator.hints import jiio
+from orchestrator.analysis.text_layout import console_width
+from orchestrator.driver.hints import jiio
+from orchestrator.storage import layout
 
 __all__ = ["compare", "open_source", "run", "sql"]
 
@@ -35,17 +36,17 @@ _PATH_HINT = (
 
 def open_source(path: str) -> Source:
     """The results at ``path``, which must exist and be a directory (or an object-store prefix)."""
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     try:
         store = ResultStore(path)
-        info = store.fs.get_file_info(store.base)
+        exists, is_dir = store.exists(store.base), store.is_dir(store.base)
     except (ValueError, OSError, pa.ArrowException) as exc:
         raise AnalyzeError(f"cannot open the storage {path!r}: {reason(exc)}") from None
     hint = _PATH_HINT
-    if info.type == pafs.FileType.NotFound:
+    if not exists:
         raise AnalyzeError(f"storage path {path} does not exist: {hint}")
-    if info.type != pafs.FileType.Directory:
+    if not is_dir:
         raise AnalyzeError(f"storage path {path} is a file, not a results directory: {hint}")
     return Source(store)
 
@@ -67,10 +68,10 @@ def _no_sweeps(src: Source, path: str, name: str | None) -> AnalyzeError:
             f"no results for sweep {name or '(any)'} under {path}: no trial has finished yet "
             f"(sweeps started there: {', '.join(started)})"
         )
-    sel = pafs.FileSelector(src.base, allow_not_found=True)
-    entries = sorted(i.base_name for i in src.fs.get_file_info(sel))
+    entries = sorted(src.store.list_names(src.base))
+    trials_dir = layout.sweep_dir("", "trials", "NAME").lstrip("/")
     there = (
-        f"it holds {', '.join(entries[:8])}{', ...' if len(entries) > 8 else ''}, but no trials/sweep=NAME/"
+        f"it holds {', '.join(entries[:8])}{', ...' if len(entries) > 8 else ''}, but no {trials_dir}/"
         if entries
         else "it is empty"
     )
@@ -147,7 +148,7 @@ def run(
         where = out_dir(src, s["sweep"], out)
         if plots:
             s["plots"] = plot_all(src, s, where)
-        skipped = [p for p in src.skipped if f"/sweep={s['sweep']}/" in p]
+        skipped = [p for p in src.skipped if layout.sweep_of_path(p) == s["sweep"]]
         if skipped:
             s["skipped"] = [{"path": src.rel(p), "reason": src.skipped[p]} for p in sorted(skipped)]
         if report:
@@ -208,7 +209,7 @@ def sql(path: str, name: str | None, query: str, as_json: bool) -> int:
 def compare(path: str, a: str, b: str, as_json: bool) -> int:
     """``jiio analyze PATH --compare A B``: two sweeps side by side, and whether A's best
     beats B's (only when their 95% intervals separate)."""
-    from orchestrator.analysis.compare import compare_summaries, compare_text
+    from orchestrator.analysis.comparison import compare_summaries, compare_text
 
     src = open_source(path)
     for n in (a, b):

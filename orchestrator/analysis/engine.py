@@ -1,6 +1,6 @@
 """Reading a sweep's Parquet results for analysis, at cluster scale.
 
-The layout (``orchestrator.results``) names every file by its trial: ``<trial_id>.parquet``
+The layout (:mod:`orchestrator.storage.layout`) names every file by its trial: ``<trial_id>.parquet``
 (trials; steps and traces compacted per trial) or ``<trial_id>-e<epoch>.parquet`` (steps
 and traces of one epoch, as written before compaction). :class:`Source` lists a table's
 directory once and picks files by trial id from their names, so a plot of three trials'
@@ -8,7 +8,7 @@ traces opens those trials' files only, never the whole table; each file is read 
 the columns asked for (projection), by a pool of threads (object stores are latency-bound).
 
 Both layouts are accepted, also side by side: while a trial is being compacted, a row key
-(``results.KEYS``) can be in its compacted file and in an epoch file at once; rows are
+(``orchestrator.storage.KEYS``) can be in its compacted file and in an epoch file at once; rows are
 deduplicated on the key, an epoch file's row winning (it is never older than the
 compacted file's).
 
@@ -22,7 +22,6 @@ Analysis never moves or rewrites a file: an unreadable one is skipped and named 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterable
@@ -32,14 +31,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from orchestrator.results import KEYS, ResultStore, _untyped_nulls
+from orchestrator.storage import KEYS, ResultStore, layout, untyped_nulls
 
 __all__ = ["AnalyzeError", "Source", "reason"]
 
-_NAME = re.compile(r"^(?P<tid>.+?)(?:-e(?P<epoch>\d+))?\.parquet$")
 THREADS = 8  # local disks; object stores get more (each read is a round trip)
 REMOTE_THREADS = 32
 
@@ -67,7 +64,7 @@ class Source:
 
     # --- files ---------------------------------------------------------------------------
     def rel(self, path: str) -> str:
-        return path[len(self.base) + 1 :] if path.startswith(self.base + "/") else path
+        return layout.relative(self.base, path)
 
     def sweeps(self, table: str = "trials") -> list[str]:
         return self.store.sweeps(table)
@@ -77,18 +74,7 @@ class Source:
         file first, then the epoch files in epoch order."""
         key = (table, sweep)
         if key not in self._listing:
-            directory = f"{self.base}/{table}/sweep={sweep}"
-            sel = pafs.FileSelector(directory, allow_not_found=True)
-            found: dict[str, list[tuple[int, str]]] = {}
-            for info in self.fs.get_file_info(sel):
-                if info.type != pafs.FileType.File or info.base_name.startswith("."):
-                    continue
-                m = _NAME.match(info.base_name)
-                if m is None:
-                    continue
-                epoch = -1 if m["epoch"] is None else int(m["epoch"])
-                found.setdefault(m["tid"], []).append((epoch, f"{directory}/{info.base_name}"))
-            self._listing[key] = {t: [p for _, p in sorted(v)] for t, v in sorted(found.items())}
+            self._listing[key] = self.store.table_files(table, sweep)
         return self._listing[key]
 
     def _read_file(self, path: str, columns: list[str] | None) -> pa.Table | None:
@@ -97,7 +83,7 @@ class Source:
                 pf = pq.ParquetFile(f)
                 names = pf.schema_arrow.names
                 cols = None if columns is None else [c for c in columns if c in names]
-                return _untyped_nulls(pf.read(columns=cols))
+                return untyped_nulls(pf.read(columns=cols))
         except (pa.ArrowException, OSError, ValueError) as exc:
             self.skipped.setdefault(path, reason(exc))
             return None
@@ -117,8 +103,9 @@ class Source:
         try:
             t = pa.concat_tables(parts, promote_options="permissive")
         except (pa.ArrowException, KeyError) as exc:  # files that cannot be combined
+            where = layout.relative(self.base, self.store.sweep_dir(table, sweep))
             raise AnalyzeError(
-                f"the files of {table}/sweep={sweep} under {self.root} cannot be read as one table "
+                f"the files of {where} under {self.root} cannot be read as one table "
                 f"({reason(exc)}); were some written by another program or an incompatible version?"
             ) from None
         if "sweep" in t.column_names:
@@ -155,15 +142,12 @@ class Source:
     # --- JSON side files ----------------------------------------------------------------
     def _json(self, path: str) -> Any:
         """A JSON file: its value, None when absent; raises ValueError/OSError when unreadable."""
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+        return self.store.read_json(path)
 
     def meta(self, sweep: str, name: str = "sweep.json") -> Any:
         """``meta/sweep=SWEEP/NAME`` (default the sweep's metadata; ``confirm.json``: what
         ``jiio confirm`` confirmed), None when absent; ValueError/OSError when unreadable."""
-        return self._json(f"{self.base}/meta/sweep={sweep}/{name}")
+        return self._json(self.store.meta_path(sweep, name))
 
     def records(self, sweep: str, trial_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Trial records (``pending/``) of the given trials (default: all), by id; unreadable
@@ -171,10 +155,9 @@ class Source:
         bare parameters) reads as a running trial."""
         have = set(self.store.keys("pending", sweep))
         ids = sorted(have if trial_ids is None else have & {str(t) for t in trial_ids})
-        directory = f"{self.base}/pending/sweep={sweep}"
 
         def one(tid: str) -> tuple[str, dict[str, Any] | None]:
-            path = f"{directory}/{tid}.json"
+            path = self.store.record_path(sweep, tid)
             try:
                 data = self._json(path)
             except (ValueError, OSError) as exc:
@@ -198,7 +181,7 @@ class Source:
         """The sweep's live driver (``locks/``: host, pid, heartbeat age), or None when no driver
         holds the lock or its heartbeat is older than ``stale_s`` (the lock's own rule)."""
         try:
-            owner = self._json(f"{self.base}/locks/sweep={sweep}/driver.json")
+            owner = self._json(self.store.lock_path(sweep))
         except (ValueError, OSError):
             return None
         if not isinstance(owner, dict):
@@ -221,8 +204,8 @@ class Source:
         both: dict[str, list[str]] = {}
         for sweep in sweeps:
             for tid, paths in self.files(table, sweep).items():
-                names = [p.rsplit("/", 1)[1] for p in paths]
-                if len(paths) > 1 and f"{tid}.parquet" in names:
+                compacted = self.store.table_file(table, sweep, tid)
+                if len(paths) > 1 and compacted in paths:
                     both.setdefault(sweep, []).extend(paths)
                 else:
                     clean.extend(paths)
@@ -254,7 +237,7 @@ class Source:
             format="parquet",
             filesystem=self.fs,
             partitioning=part,
-            partition_base_dir=f"{self.base}/{table}",
+            partition_base_dir=layout.area_dir(self.base, table),
         )
         return dataset, extra
 

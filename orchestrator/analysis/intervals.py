@@ -57,9 +57,21 @@ from orchestrator.stats import (
     zero_growth,
 )
 
-__all__ = ["SAMPLE_KEYS", "Interval", "PerSample", "compare_values", "intervals", "sample_key"]
+__all__ = [
+    "PROPORTION",
+    "SAMPLE_KEYS",
+    "Interval",
+    "PerSample",
+    "aligned_samples",
+    "compare_values",
+    "final_samples",
+    "intervals",
+    "sample_columns",
+    "sample_key",
+]
 
-_PROPORTION = re.compile(r"(^|_)(acc|accuracy|rate|frac)(_|$)")
+#: metric names that are proportions (accuracies, rates, fractions): Wilson intervals from a count
+PROPORTION = re.compile(r"(^|_)(acc|accuracy|rate|frac)(_|$)")
 # Settings that choose or alter the held-out samples a trial is scored on: the data config
 # (orchestrator.data.DataConfig) and the task's seed (its eval corruptions), batch size and
 # number of eval batches (which samples), task and noise level (what is observed).
@@ -106,7 +118,9 @@ class Interval:
         return "n unknown" if self.n is None else f"n={self.n}, no per-sample values"
 
 
-def _sample_columns(metric: str) -> list[str]:
+def sample_columns(metric: str) -> list[str]:
+    """The step-row columns that may hold ``metric``'s per-sample values: its own
+    ``<metric>_samples``, then that of the mean it summarises (``psnr_median`` -> ``psnr``)."""
     base = re.sub(r"_(median|mean)$", "", metric)
     return list(dict.fromkeys([f"{metric}_samples", f"{base}_samples"]))
 
@@ -150,7 +164,7 @@ def intervals(
     out: dict[str, Interval] = {}
     if not len(rows) or metric not in rows:
         return out
-    cols = _sample_columns(metric)
+    cols = sample_columns(metric)
     extra = ["phase", "eval_n", "solver_diverged"]
     steps = src.rows("steps", sweep, rows["trial_id"].astype(str), [*extra, *cols])
     have = [c for c in cols if c in steps.columns]
@@ -165,13 +179,13 @@ def intervals(
             else None
         )
         mine = steps[steps["trial_id"] == tid]
-        samples = _samples(mine, have) if have else None
+        samples = final_samples(mine, have) if have else None
         if samples is not None:
             lo, hi = bootstrap(samples, statistic=stat)
-            aligned = _aligned(mine, have, str(meta.get("kind"))) if key and meta else None
+            aligned = aligned_samples(mine, have, str(meta.get("kind"))) if key and meta else None
             paired = PerSample(aligned, key) if key and aligned is not None else None
             out[tid] = Interval(lo, hi, len(samples), "bootstrap", paired)
-        elif n and _PROPORTION.search(metric) and np.isfinite(value) and 0 <= value <= 1:
+        elif n and PROPORTION.search(metric) and np.isfinite(value) and 0 <= value <= 1:
             lo, hi = wilson_for(float(value), n)
             out[tid] = Interval(lo, hi, n, "wilson")
         else:
@@ -179,7 +193,7 @@ def intervals(
     return out
 
 
-def _samples(steps: pd.DataFrame, cols: list[str]) -> np.ndarray | None:
+def final_samples(steps: pd.DataFrame, cols: list[str]) -> np.ndarray | None:
     """Per-sample values of a trial's final evaluation: the last eval row's list, or every
     solve row's lists together (a solve sweep reports one row per batch)."""
     for col in cols:
@@ -204,7 +218,7 @@ def _number(v: Any) -> float:
     return float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else math.nan
 
 
-def _aligned(steps: pd.DataFrame, cols: list[str], kind: str) -> np.ndarray | None:
+def aligned_samples(steps: pd.DataFrame, cols: list[str], kind: str) -> np.ndarray | None:
     """A trial's per-sample values of its final evaluation with every sample at its place
     (NaN kept): every ``solve`` row in step order (``kind`` solve) or the last ``eval`` row;
     None when a row does not show that it lists every sample (see the module docstring)."""

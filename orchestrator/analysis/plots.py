@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 
 from orchestrator.analysis.engine import Source
+from orchestrator.analysis.figures import COLORS, legend_outside, log_axis, pyplot, save
 from orchestrator.analysis.importance import divergence_grid
-from orchestrator.analysis.summary import numeric, status_of
+from orchestrator.analysis.sweep_rows import numeric, status_of
+from orchestrator.analysis.traces import plot_curves, plot_traces
 from orchestrator.stats import wilson_for
 
-__all__ = ["CAPTIONS", "COLORS", "legend_outside", "plot_all", "save"]
+__all__ = ["CAPTIONS", "divergence_pairs", "plot_all"]
 
 # Each plot's title and what to look for in it (the HTML report's heading and caption), by
 # the file's suffix: <sweep>-<kind>.png.
@@ -63,46 +65,12 @@ CAPTIONS = {
 }
 
 
-def legend_outside(ax, **kw):
-    """The axes' legend to the right of it, where it covers no data."""
-    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
-
-
-COLORS = {"completed": "tab:blue", "diverged": "tab:red", "pruned": "tab:gray", "error": "black"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save(fig, out_dir: str, name: str) -> str:
-    plt = _plt()
-    path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _log(dim: dict[str, Any]) -> bool:
     return dim.get("kind") == "loguniform"
 
 
-def _log_axis(axis) -> None:
-    """Ticks of a log axis as plain numbers at 1, 2, 5 x 10^k (no crowded minor labels)."""
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FormatStrFormatter("%g"))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def _params(trials, sweep, main, space, out_dir, paper: dict[str, Any] | None = None) -> str:
-    plt = _plt()
+    plt = pyplot()
     status = status_of(trials)
     n = len(space)
     fig, axes = plt.subplots(
@@ -146,7 +114,7 @@ def _params(trials, sweep, main, space, out_dir, paper: dict[str, Any] | None = 
                 ax.scatter([paper[name]], [paper[main]], s=90, marker="*", c="tab:purple", zorder=4)
         if _log(dim):
             ax.set_xscale("log")
-            _log_axis(ax.xaxis)
+            log_axis(ax.xaxis)
         ax.set_xlabel(name)
     axes[0][0].set_ylabel(main)
     fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="outside right upper")
@@ -157,7 +125,7 @@ def _params(trials, sweep, main, space, out_dir, paper: dict[str, Any] | None = 
 
 
 def _progress(trials, sweep, main, mode, out_dir) -> str:
-    plt = _plt()
+    plt = pyplot()
     by = "finished_at" if "finished_at" in trials else "wall_s" if "wall_s" in trials else "trial_id"
     order = trials.sort_values(by).reset_index(drop=True)
     vals = order[main]
@@ -208,7 +176,7 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
     pairs = divergence_pairs(space)
     if not pairs:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(pairs), figsize=(5.6 * len(pairs) + 1, 4.4), squeeze=False, layout="constrained"
     )
@@ -240,7 +208,7 @@ def _divergence(trials, sweep, space, out_dir) -> str | None:
         for name, axis, setter in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
             if _log(space.get(name, {})):
                 setter("log")
-                _log_axis(axis)
+                log_axis(axis)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.set_title(f"cells: diverged/finished trials over ({x}, {y})", fontsize=9)
@@ -258,7 +226,7 @@ def _parallel(trials, sweep, main, mode, space, out_dir) -> str | None:
     names = [k for k, d in space.items() if d.get("kind") != "choice"]
     if len(names) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.collections import LineCollection
 
     status = status_of(trials)
@@ -328,7 +296,7 @@ def _importance(summary, sweep, out_dir) -> str | None:
     ]
     if not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.5 * len(panels), 0.5 + 0.45 * max(len(v) for _, v in panels) + 1)
     )
@@ -354,7 +322,7 @@ def _importance(summary, sweep, out_dir) -> str | None:
 
 
 def _pareto(src, trials, sweep, metrics, out_dir) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     done = trials[status_of(trials) == "completed"]
     ax.scatter(done[metrics[1]], done[metrics[0]], s=14, label="trials")
@@ -372,8 +340,6 @@ def _pareto(src, trials, sweep, metrics, out_dir) -> str:
 
 def plot_all(src: Source, summary: dict[str, Any], out_dir: str) -> list[str]:
     """Write every plot of one summarised sweep into ``out_dir``; their paths."""
-    from orchestrator.analysis.traces import plot_curves, plot_traces
-
     sweep, metrics, modes = summary["sweep"], summary.get("metrics") or [], summary.get("modes") or []
     trials = src.trials(sweep)
     os.makedirs(out_dir, exist_ok=True)
@@ -402,8 +368,8 @@ def plot_all(src: Source, summary: dict[str, Any], out_dir: str) -> list[str]:
         pick["median"] = summary["median"]["trial_id"]
     if summary.get("paper"):
         pick["paper"] = summary["paper"]["trial_id"]
-    paths.append(plot_curves(src, sweep, main, pick, out_dir))
-    paths.append(plot_traces(src, sweep, pick, out_dir))
+    paths.append(plot_curves(src, sweep, main, pick, out_dir, save=save))
+    paths.append(plot_traces(src, sweep, pick, out_dir, save=save))
     if len(metrics) > 1 and metrics[1] in trials:
         paths.append(_pareto(src, trials, sweep, metrics, out_dir))
     return [p for p in paths if p]

@@ -7,98 +7,13 @@ import base64
 import html
 import math
 import os
-import re
-import shutil
-import textwrap
 import time
 from typing import Any
 
-__all__ = [
-    "confirm_text",
-    "console_width",
-    "fit_table",
-    "fmt",
-    "seed_lines",
-    "seed_rows",
-    "summary_text",
-    "wrap_lines",
-    "write_html",
-]
+from orchestrator.analysis.seed_text import component_lines, optimism_lines, seed_lines, seed_rows
+from orchestrator.analysis.text_layout import fit_table, interval_text, wrap_lines
 
-
-def console_width() -> int:
-    """The width the console text is laid out for: the terminal's, at least 80
-    (``JIIO_CONSOLE_WIDTH`` sets it)."""
-    try:
-        return max(20, int(os.environ["JIIO_CONSOLE_WIDTH"]))
-    except (KeyError, ValueError):
-        return max(80, shutil.get_terminal_size((80, 24)).columns)
-
-
-def wrap_lines(lines: list[str], width: int | None) -> list[str]:
-    """Each line longer than ``width`` wrapped at spaces (paths and numbers are never cut),
-    continuation lines indented two more than the line's own indent."""
-    if not width:
-        return lines
-    out: list[str] = []
-    for line in lines:
-        if len(line) <= width:
-            out.append(line.replace("\0", " "))
-            continue
-        indent = line[: len(line) - len(line.lstrip())]
-        glued = re.sub(r"\[([^\[\], ]+), ([^\[\], ]+)\]", "[\\1,\0\\2]", line)  # intervals stay whole
-        out += [
-            w.replace("\0", " ")
-            for w in textwrap.wrap(
-                glued,
-                width,
-                subsequent_indent=indent + "  ",
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
-        ] or [line]
-    return out
-
-
-def _cell(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
-
-
-def fit_table(
-    cols: list[str], cells: list[list[Any]], width: int | None = None, drop: tuple[str, ...] = ()
-) -> list[str]:
-    """A left-aligned text table, each column as wide as its widest cell, within ``width``:
-    the columns named in ``drop`` go first (in that order) while it is too wide, and if it
-    still is, each row becomes its own wrapped ``column value`` line."""
-    text = [[_cell(v) for v in row] for row in cells]
-    keep = list(range(len(cols)))
-
-    def render() -> list[str]:
-        widths = {i: max([len(cols[i])] + [len(row[i]) for row in text]) for i in keep}
-        out = ["  " + "  ".join(cols[i].ljust(widths[i]) for i in keep).rstrip()]
-        out += ["  " + "  ".join(row[i].ljust(widths[i]) for i in keep).rstrip() for row in text]
-        return out
-
-    lines = render()
-    for name in drop:
-        if not width or max(map(len, lines)) <= width:
-            return lines
-        if name in cols and cols.index(name) in keep:
-            keep.remove(cols.index(name))
-            lines = render()
-    if not width or max(map(len, lines)) <= width:
-        return lines
-    # "\0": a column's name and its value stay on one line (wrap_lines makes it a space)
-    records = ["  " + ", ".join(f"{cols[i]}\0{row[i]}" for i in keep if row[i] != "-") for row in text]
-    return wrap_lines(records, width)
-
-
-def fmt(v: Any, width: int = 14) -> str:
-    if isinstance(v, float):
-        return f"{v:{width}.4g}"
-    if v is None:
-        v = "-"
-    return f"{v!s:>{width}s}"
+__all__ = ["summary_text", "table_rows", "write_html"]
 
 
 def _hours(seconds: float) -> str:
@@ -138,131 +53,6 @@ def table_rows(s: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[list[str]
     return cols, cells
 
 
-def _iv(ci: Any, digits: int = 4) -> str:
-    if ci and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
-        return f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"
-    return "-"
-
-
-def _signed(v: Any) -> Any:
-    return f"{v:+.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def seed_rows(sec: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Columns and cells of the table of configurations over seeds (a ``seeds`` or
-    ``confirm`` section): trial id, labels, seeds, mean with its interval over seeds, the
-    difference against the paper's configuration paired by seed with its interval, the
-    verdict, and for a confirmation the sweep's own value and the selection optimism."""
-    m = sec.get("metric", "value")
-    rows = sec.get("configs", [])
-    confirm = any("sweep_value" in r for r in rows)
-    cols = [
-        "trial",
-        "label",
-        "seeds",
-        f"{m} mean",
-        "95% CI over seeds",
-        "vs paper",
-        "95% CI (paired)",
-        "verdict",
-    ]
-    if confirm:
-        cols += ["in the sweep", "optimism", "its 95% CI"]
-    cells = []
-    for r in rows:
-        vs = r.get("vs_paper") or {}
-        seeds = f"{r.get('seeds')}" + (
-            f" (+{r['not_completed']} not completed)" if r.get("not_completed") else ""
-        )
-        line = [
-            r.get("trial_id") or ",".join(r.get("trial_ids", [])[:1]) or "-",
-            ", ".join(r.get("labels") or []) or "-",
-            seeds,
-            r.get("mean"),
-            _iv(r.get("ci")),
-            _signed(vs.get("difference")) or "-",
-            _iv(vs.get("ci")),
-            r.get("verdict") or "-",
-        ]
-        if confirm:
-            opt = r.get("optimism") or {}
-            line += [r.get("sweep_value"), _signed(opt.get("value")) or "-", _iv(opt.get("ci"), 3)]
-        cells.append(line)
-    return cols, cells
-
-
-def _grid(cols: list[str], cells: list[list[Any]], width: int | None = None) -> list[str]:
-    """A left-aligned text table, each column as wide as its widest cell (within ``width``)."""
-    return fit_table(cols, cells, width, drop=("label", "its 95% CI", "in the sweep"))
-
-
-def _component_lines(sec: dict[str, Any]) -> list[str]:
-    lines = []
-    for r in sec.get("configs", []):
-        c = r.get("components")
-        if not c:
-            continue
-        name = r.get("trial_id") or ", ".join(r.get("labels") or []) or "configuration"
-        upper = "; at most: every seed scored the same samples" if c.get("shared_samples") else ""
-        lines.append(
-            f"  {name}: between seeds {c['between']:.3g} (sd {c['sd_training']:.3g}, training noise); "
-            f"within a seed {c['within']:.3g} per sample, {c['evaluation']:.3g} for one seed's "
-            f"{c['n']:.0f} samples (sd {c['sd_evaluation']:.3g}, evaluation noise{upper})"
-        )
-    if lines:
-        lines.insert(0, f"variance components of {sec.get('metric')} (one-way random-effects ANOVA):")
-    return lines
-
-
-def _optimism_lines(sec: dict[str, Any]) -> list[str]:
-    rows = [r for r in sec.get("configs", []) if (r.get("optimism") or {}).get("ci")]
-    if not rows:
-        return []
-    lines = [
-        "selection optimism: the sweep's value minus the mean over the new seeds (positive: the sweep's "
-        "looked better; 95% interval of one more seed against that mean):"
-    ]
-    for r in rows:
-        o = r["optimism"]
-        name = r.get("trial_id") or "-"
-        text = f"  {name} ({', '.join(r.get('labels') or [])}): {o['value']:+.4g} {_iv(o['ci'])}"
-        rel = r.get("optimism_vs_paper")
-        if rel:
-            text += f"; beyond the paper's (not selected by the sweep) {rel['value']:+.4g} {_iv(rel['ci'])}"
-        lines.append(text)
-    return lines
-
-
-def seed_lines(sec: dict[str, Any], width: int | None = None) -> list[str]:
-    """A ``seeds`` or ``confirm`` section in words: the table, one verdict line per
-    configuration, the variance components and (confirmation) the selection optimism."""
-    m = sec.get("metric")
-    head = (
-        f"confirmation of {sec['sweep']} ({sec.get('confirm_sweep', '')}): {sec.get('why')}; "
-        f"seeds {', '.join(sec.get('seeds', []))}"
-        if "why" in sec and sec.get("sweep")
-        else (f"confirmation: {sec['why']}" if "why" in sec else f"{m} over seeds, per configuration")
-    )
-    lines = [
-        head,
-        f"{m}: mean over seeds with its 95% t interval; differences paired by seed, against the paper's",
-    ]
-    cols, cells = seed_rows(sec)
-    lines += _grid(cols, cells, width)
-    for r in sec.get("configs", []):
-        if r.get("vs_paper"):
-            lines.append(f"{r.get('trial_id') or '-'}: {r['vs_paper']['text']}")
-    lines += _component_lines(sec)
-    lines += _optimism_lines(sec)
-    lines += [f"note: {n}" for n in sec.get("notes", [])]
-    return wrap_lines(lines, width)
-
-
-def confirm_text(c: dict[str, Any], width: int | None = None) -> str:
-    """What ``jiio confirm`` prints: the confirmation section in words (within ``width``)."""
-    return "\n".join(seed_lines(c, width))
-
-
 def _importance_lines(s: dict[str, Any]) -> list[str]:
     imp = s.get("importance") or {}
     lines = []
@@ -272,7 +62,7 @@ def _importance_lines(s: dict[str, Any]) -> list[str]:
             continue
         label = s["metrics"][0] if what == "objective" and s.get("metrics") else what
         ci, first = imp.get(f"{what}_ci") or {}, imp.get(f"{what}_first") or {}
-        parts = [f"{k} {v:.2f}" + (f" {_iv(ci[k], 2)}" if k in ci else "") for k, v in vals.items()]
+        parts = [f"{k} {v:.2f}" + (f" {interval_text(ci[k], 2)}" if k in ci else "") for k, v in vals.items()]
         line = f"importance for {label}: " + ", ".join(parts)
         if ci:
             top = next(iter(vals))
@@ -420,7 +210,7 @@ def write_html(s: dict[str, Any], path: str, storage: str) -> str:
                 parts.append(
                     f"<p class=verdict>{e(str(r.get('trial_id') or '-'))}: {e(r['vs_paper']['text'])}</p>"
                 )
-        parts += [f"<p>{e(line.strip())}</p>" for line in _component_lines(sec) + _optimism_lines(sec)]
+        parts += [f"<p>{e(line.strip())}</p>" for line in component_lines(sec) + optimism_lines(sec)]
         parts += [f"<p class=note>note: {e(n)}</p>" for n in sec.get("notes", [])]
     if s.get("noise"):
         parts.append(f"<p class=note>{e(s['noise']['text'])}</p>")
@@ -436,7 +226,7 @@ def write_html(s: dict[str, Any], path: str, storage: str) -> str:
                         [
                             k,
                             v,
-                            _iv(ci.get(k), 2),
+                            interval_text(ci.get(k), 2),
                             f"{100 * first[k]:.0f}% of resamples" if k in first else "-",
                         ]
                         for k, v in imp[what].items()

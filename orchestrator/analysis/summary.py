@@ -32,119 +32,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.engine import Source, reason
+from orchestrator.analysis.engine import Source
 from orchestrator.analysis.importance import importances
 from orchestrator.analysis.intervals import (
-    _PROPORTION,
+    PROPORTION,
     Interval,
-    PerSample,
-    _sample_columns,
     compare_values,
     intervals,
+    sample_columns,
 )
-from orchestrator.analysis.seeds import (
-    BEATS,
-    SEED,
-    config_key,
-    confirm_summary,
-    evaluation_only,
-    multi_seed,
-    seed_summary,
+from orchestrator.analysis.seed_values import SEED, config_key, multi_seed
+from orchestrator.analysis.seed_verdicts import BEATS
+from orchestrator.analysis.seeds import confirm_summary, evaluation_only, seed_summary
+from orchestrator.analysis.sweep_rows import (
+    FINISHED,
+    GUESSES,
+    numeric,
+    objectives,
+    ranked,
+    read_meta,
+    requested_runs,
+    space_of,
+    status_of,
 )
-from orchestrator.hints import jiio
+from orchestrator.driver.hints import jiio
+from orchestrator.storage import layout
 
-__all__ = [
-    "Interval",
-    "PerSample",
-    "compare_values",
-    "objectives",
-    "ranked",
-    "requested_runs",
-    "status_of",
-    "summarize",
-]
-
-GUESSES = ("robust_acc", "test_psnr_median", "test_psnr", "inner_objective")
-FINISHED = ("completed", "diverged", "pruned")
+__all__ = ["summarize"]
 
 
-def default_mode(metric: str) -> str:
-    return "min" if metric == "inner_objective" or metric.endswith("_s") or "loss" in metric else "max"
-
-
-def read_meta(src: Source, sweep: str, notes: list[str] | None = None) -> dict[str, Any]:
-    """The sweep's metadata, or {} when it is missing (old sweeps) or unreadable (a note)."""
-    try:
-        meta = src.meta(sweep)
-    except (ValueError, OSError) as exc:
-        if notes is not None:
-            notes.append(f"meta/sweep={sweep}/sweep.json is unreadable ({reason(exc)}); ignored")
-        return {}
-    if meta is not None and not isinstance(meta, dict):
-        if notes is not None:
-            notes.append(f"meta/sweep={sweep}/sweep.json is not a JSON object; ignored")
-        return {}
-    return meta or {}
-
-
-def objectives(
-    meta: dict[str, Any], sweep: str, trials: pd.DataFrame, notes: list[str] | None = None
-) -> tuple[list[str], list[str]]:
-    """The sweep's objectives (from its metadata, else guessed from the columns) and modes."""
-    metrics = meta.get("metrics")
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        metrics = []
-    modes = meta.get("modes")
-    modes = [modes] if isinstance(modes, str) else modes
-    if metrics and not (
-        isinstance(modes, list) and len(modes) == len(metrics) and all(m in ("min", "max") for m in modes)
-    ):
-        modes = [default_mode(m) for m in metrics]
-        if notes is not None:
-            notes.append(
-                f"meta/sweep={sweep}/sweep.json gives no valid modes for {', '.join(metrics)}; "
-                f"assuming {', '.join(modes)}"
-            )
-    if not metrics:  # no metadata: guess from the columns a task reports
-        for name in GUESSES:
-            if name in trials.columns:
-                metrics, modes = [name], [default_mode(name)]
-                break
-    return list(metrics), list(modes or [])
-
-
-def space_of(meta: dict[str, Any], trials: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """The searched parameters (name -> Dim as a dict) that the trial rows have."""
-    space = meta.get("space")
-    if isinstance(space, dict) and space:
-        out = {str(k): v if isinstance(v, dict) else {} for k, v in space.items()}
-    elif isinstance(space, list) and space:
-        out = {str(k): {} for k in space}
-    else:
-        out = {c: {"kind": "uniform"} for c in ("alpha_z", "alpha_mu", "alpha_x")}
-    return {k: v for k, v in out.items() if k in trials.columns}
-
-
-def status_of(trials: pd.DataFrame) -> pd.Series:
-    if "status" in trials:
-        return trials["status"].astype(object).where(trials["status"].notna(), "unknown")
-    return pd.Series(["unknown"] * len(trials), index=trials.index, dtype=object)
-
-
-def numeric(s: pd.Series) -> pd.Series:
-    return pd.to_numeric(s, errors="coerce").astype("float64")
-
-
-def ranked(trials: pd.DataFrame, main: str, mode: str) -> pd.DataFrame:
-    """Completed trials with a finite value of ``main``, best first (``main`` made numeric)."""
-    if main not in trials:
-        return trials.iloc[:0]
-    ok = trials[status_of(trials) == "completed"]
-    vals = numeric(ok[main])
-    ok = ok.assign(**{main: vals})[np.isfinite(vals.to_numpy())]
-    return ok.sort_values(main, ascending=(mode == "min"), kind="stable")
+def _rel(path: str) -> str:
+    """A layout path under the empty root, as messages name it (``trials/sweep=NAME``)."""
+    return path.lstrip("/")
 
 
 def _plain(v: Any) -> Any:
@@ -162,7 +81,7 @@ def _why_unranked(trials: pd.DataFrame, sweep: str, metrics: list[str], meta: di
     status = status_of(trials)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status.value_counts().items()))
     if not metrics:
-        where = f"meta/sweep={sweep}/sweep.json " + ("names no objective" if meta else "is missing")
+        where = f"{_rel(layout.meta_file('', sweep))} " + ("names no objective" if meta else "is missing")
         return (
             f"nothing to rank: {where}, and no trial row has a known objective column "
             f"({', '.join(GUESSES)}); the trials ({counts}) may all have stopped before their first "
@@ -247,20 +166,6 @@ def _progress(
         )
 
 
-def requested_runs(meta: dict[str, Any]) -> int | None:
-    """The trials a sweep asked for: its configurations times its training seeds (``--seeds``).
-
-    Example:
-        >>> requested_runs({"trials": 6, "seeds": [0, 1, 2]}), requested_runs({"trials": 6})
-        (18, 6)
-    """
-    trials = meta.get("trials")
-    if not isinstance(trials, int) or isinstance(trials, bool):
-        return None
-    seeds = meta.get("seeds")
-    return trials * (len(seeds) if isinstance(seeds, list) and seeds else 1)
-
-
 def _row(r: pd.Series, cols: list[str]) -> dict[str, Any]:
     return {c: _plain(r.get(c)) for c in cols if c in r}
 
@@ -287,7 +192,7 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
     }
     _progress(src, sweep, trials, meta, out)
     if not len(trials):
-        notes.append(f"no readable trial rows in trials/sweep={sweep}")
+        notes.append(f"no readable trial rows in {_rel(layout.sweep_dir('', 'trials', sweep))}")
         return out
     space = space_of(meta, trials)
     out["space"] = space
@@ -299,7 +204,7 @@ def summarize(src: Source, sweep: str, top: int = 5) -> dict[str, Any]:
     missing = [m for m in metrics[1:] if m not in trials]
     if missing and metrics[0] in trials:
         notes.append(
-            f"no trial reported {', '.join(missing)} (an objective in meta/sweep={sweep}/sweep.json)"
+            f"no trial reported {', '.join(missing)} (an objective in {_rel(layout.meta_file('', sweep))})"
         )
     if not metrics:
         return out
@@ -408,10 +313,10 @@ def _confirm_parent(
 def _steps(src: Source, sweep: str, trials: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     """The step rows with per-sample values of ``metric`` (None for an accuracy-like metric,
     whose count is enough)."""
-    if _PROPORTION.search(metric) and not metric.endswith("_median"):
+    if PROPORTION.search(metric) and not metric.endswith("_median"):
         return None
     ids = trials.loc[status_of(trials) == "completed", "trial_id"].astype(str)
-    cols = ["phase", "eval_n", "solver_diverged", *_sample_columns(metric)]
+    cols = ["phase", "eval_n", "solver_diverged", *sample_columns(metric)]
     return src.rows("steps", sweep, ids, cols) if len(ids) else None
 
 

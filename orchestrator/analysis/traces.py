@@ -8,13 +8,21 @@ only the columns drawn: a sweep of millions of trace rows costs a few files here
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.engine import Source
-from orchestrator.analysis.summary import numeric
+from orchestrator.analysis.figures import legend_outside, pyplot
+from orchestrator.analysis.figures import save as save_figure
+from orchestrator.analysis.sweep_rows import numeric
 
 __all__ = ["last_traces", "plot_curves", "plot_traces"]
+
+#: writes a figure into a folder under a name and returns its path (:func:`figures.save`)
+SaveFigure = Callable[[Any, str, str], str]
 
 _STYLE = {"best": ("tab:green", "-"), "median": ("tab:orange", "--"), "paper": ("tab:purple", "-.")}
 
@@ -28,10 +36,11 @@ def _labels(pick: dict[str, str]) -> dict[str, str]:
     return {tid: " / ".join(ls) for tid, ls in out.items()}
 
 
-def plot_curves(src: Source, sweep: str, main: str, pick: dict[str, str], out_dir: str) -> str | None:
-    """``main`` at each evaluation over training steps, for the picked trials."""
-    from orchestrator.analysis.plots import _plt, legend_outside, save
-
+def plot_curves(
+    src: Source, sweep: str, main: str, pick: dict[str, str], out_dir: str, save: SaveFigure = save_figure
+) -> str | None:
+    """``main`` at each evaluation over training steps, for the picked trials; ``save`` writes
+    the figure (:func:`~orchestrator.analysis.plots.plot_all` passes its own)."""
     labels = _labels(pick)
     if not labels:
         return None
@@ -44,7 +53,7 @@ def plot_curves(src: Source, sweep: str, main: str, pick: dict[str, str], out_di
         steps = steps[steps["phase"].isin(["eval", "solve"])]
     if not len(steps):
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for tid, label in labels.items():
         grp = steps[steps["trial_id"].astype(str) == tid].sort_values("step")
@@ -85,17 +94,18 @@ def last_traces(src: Source, sweep: str, trial_ids: list[str]) -> dict[str, pd.D
     return out
 
 
-def plot_traces(src: Source, sweep: str, pick: dict[str, str], out_dir: str) -> str | None:
-    """Residual against iteration and objective against wall time of the picked trials."""
+def plot_traces(
+    src: Source, sweep: str, pick: dict[str, str], out_dir: str, save: SaveFigure = save_figure
+) -> str | None:
+    """Residual against iteration and objective against wall time of the picked trials;
+    ``save`` writes the figure (:func:`~orchestrator.analysis.plots.plot_all` passes its own)."""
     from matplotlib.ticker import MaxNLocator
-
-    from orchestrator.analysis.plots import _plt, save
 
     labels = _labels(pick)
     found = last_traces(src, sweep, list(labels)) if labels else {}
     if not found:
         return None
-    plt = _plt()
+    plt = pyplot()
     has_obj = any("objective" in t and numeric(t["objective"]).notna().any() for t in found.values())
     fig, axes = plt.subplots(
         1, 2 if has_obj else 1, figsize=(10 if has_obj else 5.5, 4.2), squeeze=False, layout="constrained"

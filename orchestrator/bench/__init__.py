@@ -35,20 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from orchestrator.bench._common import (
-    BenchInputError,
-    _common_arguments,
-    _nonneg_float,
-    _nonneg_int,
-    _pos_float,
-    _pos_int,
-)
-from orchestrator.bench._common import _test_batches as _test_batches
-from orchestrator.bench._timing import _steps as _steps
-from orchestrator.bench._variants import _jiio_variant as _jiio_variant
 from orchestrator.bench.attack import run_attack
 from orchestrator.bench.latent import LATENT_ALPHA_X, LATENT_ANDERSON_M, LATENT_ANDERSON_TYPE, run_latent
-from orchestrator.bench.report import _finite, _render
+from orchestrator.bench.report import json_safe, render
+from orchestrator.bench.setup import (
+    BenchInputError,
+    add_common_arguments,
+    nonneg_float,
+    nonneg_int,
+    pos_float,
+    pos_int,
+)
 from orchestrator.bench.strong import add_baseline_arguments
 
 __all__ = ["BenchInputError", "add_arguments", "run", "run_attack", "run_latent"]
@@ -62,14 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JIIO vs PGD: adversarial examples for an MDEQ classifier",
         description="JIIO vs L2 PGD on one MDEQ classifier and one test batch (paper Table 2).",
     )
-    _common_arguments(a, batch=64, train_steps=120)
-    a.add_argument("--eps", type=_nonneg_float, default=1.0, help="L2 radius (default 1.0)")
-    a.add_argument("--pgd-steps", type=_pos_int, default=20, help="K: PGD steps (default 20)")
-    a.add_argument("--pgd-step-size", type=_pos_float, default=0.6, help="normalised PGD step (default 0.6)")
+    add_common_arguments(a, batch=64, train_steps=120)
+    a.add_argument("--eps", type=nonneg_float, default=1.0, help="L2 radius (default 1.0)")
+    a.add_argument("--pgd-steps", type=pos_int, default=20, help="K: PGD steps (default 20)")
+    a.add_argument("--pgd-step-size", type=pos_float, default=0.6, help="normalised PGD step (default 0.6)")
     add_baseline_arguments(a, grid_flag="--step-sizes", grid="0.3,0.6,1.2", what="normalised PGD step sizes")
-    a.add_argument("--jiio-iters", type=_pos_int, default=80, help="N: JIIO iterations (default 80)")
+    a.add_argument("--jiio-iters", type=pos_int, default=80, help="N: JIIO iterations (default 80)")
     a.add_argument(
-        "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
+        "--train-lr", type=pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
     )
     a.add_argument(
         "--plot",
@@ -84,28 +81,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JIIO vs Adam: latent optimisation in an MDEQ decoder",
         description="JIIO vs Adam over the latent of one MDEQ decoder (paper Table 3, Fig. 3).",
     )
-    _common_arguments(lat, batch=64, train_steps=200)
-    lat.add_argument("--latent-dim", type=_pos_int, default=16, help="latent size (default 16)")
-    lat.add_argument("--adam-steps", type=_pos_int, default=40, help="S: Adam steps (default 40)")
-    lat.add_argument("--adam-lr", type=_pos_float, default=0.1, help="Adam learning rate (default 0.1)")
+    add_common_arguments(lat, batch=64, train_steps=200)
+    lat.add_argument("--latent-dim", type=pos_int, default=16, help="latent size (default 16)")
+    lat.add_argument("--adam-steps", type=pos_int, default=40, help="S: Adam steps (default 40)")
+    lat.add_argument("--adam-lr", type=pos_float, default=0.1, help="Adam learning rate (default 0.1)")
     add_baseline_arguments(lat, grid_flag="--adam-lrs", grid="0.05,0.1,0.2,0.4", what="Adam learning rates")
-    lat.add_argument("--jiio-iters", type=_pos_int, default=40, help="N: JIIO iterations (default 40)")
+    lat.add_argument("--jiio-iters", type=pos_int, default=40, help="N: JIIO iterations (default 40)")
     lat.add_argument(
         "--jiio-long-iters",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=100,
         help="M: a second, longer JIIO run (default 100; 0: skip)",
     )
     lat.add_argument(
         "--alpha-x",
-        type=_pos_float,
+        type=pos_float,
         default=LATENT_ALPHA_X,
         help=f"JIIO step on the latent (default {LATENT_ALPHA_X}; the paper's CelebA value 0.01 is "
         "too small for 16x16 digits, see LATENT_ALPHA_X in orchestrator/bench/latent.py)",
     )
     lat.add_argument(
         "--anderson-m",
-        type=_pos_int,
+        type=pos_int,
         default=LATENT_ANDERSON_M,
         help=f"JIIO's Anderson memory (default {LATENT_ANDERSON_M}; paper 40)",
     )
@@ -116,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"JIIO's Anderson type (default {LATENT_ANDERSON_TYPE}; paper I)",
     )
     lat.add_argument(
-        "--train-lr", type=_pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
+        "--train-lr", type=pos_float, default=3e-3, help="Adam rate of the training (default 3e-3)"
     )
     lat.add_argument(
         "--plot",
@@ -130,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print its tables (or its JSON object) on stdout."""
     out = args.bench_run(args)
     if args.json:
-        print(json.dumps(_finite(out), allow_nan=False))
+        print(json.dumps(json_safe(out), allow_nan=False))
     else:
-        print(_render(out))
+        print(render(out))
     return 0

@@ -24,20 +24,6 @@ from jiio_core import (
     pgd_attack,
     pgd_attack_warm,
 )
-from orchestrator.bench._common import (
-    _TRAIN_DEQ,
-    BenchInputError,
-    _baseline_deq,
-    _build,
-    _environment,
-    _load_data,
-    _Log,
-    _setup,
-    _test_batches,
-    _z0,
-)
-from orchestrator.bench._timing import _CallClock, _interleave, _steps, _timed
-from orchestrator.bench._variants import _jiio_variants
 from orchestrator.bench.measure import (
     accuracy_interval,
     equal_strength,
@@ -46,7 +32,19 @@ from orchestrator.bench.measure import (
     ratio_interval,
     timing_row,
 )
-from orchestrator.bench.report import _plot_attack
+from orchestrator.bench.report import plot_attack
+from orchestrator.bench.setup import (
+    TRAIN_DEQ,
+    BenchInputError,
+    Log,
+    baseline_deq,
+    build_models,
+    describe_environment,
+    held_out_batches,
+    initial_z,
+    load_data,
+    setup_run,
+)
 from orchestrator.bench.strong import (
     StepClock,
     baseline_label,
@@ -55,9 +53,11 @@ from orchestrator.bench.strong import (
     warm_description,
     warm_settings,
 )
+from orchestrator.bench.timing import CallClock, interleave, step_counts, time_call
+from orchestrator.bench.variants import jiio_variants
 from orchestrator.data import DatasetSplits, make_loader
 
-__all__ = ["_train_classifier", "run_attack"]
+__all__ = ["run_attack"]
 
 
 def _train_classifier(
@@ -66,9 +66,9 @@ def _train_classifier(
     splits: DatasetSplits,
     args: argparse.Namespace,
     device: torch.device,
-    log: _Log,
+    log: Log,
 ) -> dict[str, Any]:
-    deq = DEQ(cell, _TRAIN_DEQ)
+    deq = DEQ(cell, TRAIN_DEQ)
     params = [*cell.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=args.train_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.train_steps)
@@ -169,14 +169,14 @@ def _strong(
 def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     """``jiio bench attack``: PGD-K vs JIIO-N (and ``--jiio-config`` variants) on one
     classifier, over ``--samples`` held-out images in batches."""
-    device, log = _setup(args, "attack")
-    splits = _load_data(args)
+    device, log = setup_run(args, "attack")
+    splits = load_data(args)
     if splits.num_classes < 2:
         raise BenchInputError(f"bench attack needs a labelled dataset; {args.dataset} has no classes")
-    cell, head, ckpt, size, _ = _build(args, splits, "attack")
-    batches = _test_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
+    cell, head, ckpt, size, _ = build_models(args, splits, "attack")
+    batches = held_out_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
     base = JIIOConfig.paper("mnist_adversarial")
-    extra = _jiio_variants(args.jiio_config, base)
+    extra = jiio_variants(args.jiio_config, base)
     cell, head = cell.to(device), head.to(device)
     if ckpt:
         log(f"loaded {size} MDEQ classifier from {args.checkpoint}")
@@ -188,7 +188,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     n_params = count_parameters(cell) + count_parameters(head)
     for p in [*cell.parameters(), *head.parameters()]:
         p.requires_grad_(False)  # attacks need gradients w.r.t. the input only
-    deq_cfg = _baseline_deq(args)
+    deq_cfg = baseline_deq(args)
     deq = DEQ(cell, deq_cfg)
 
     def model(inp: Tensor) -> Tensor:
@@ -201,7 +201,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     def pgd(k: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:
-        clock = _CallClock(model, device)
+        clock = CallClock(model, device)
 
         def go(x: Tensor, y: Tensor) -> dict[str, Any]:
             clock.reset()
@@ -237,10 +237,10 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
                 return -F.cross_entropy(head(z), y, reduction="none")
 
             def solve() -> Any:
-                z0 = None if own_start else _z0(cell, x, args.jiio_z0)
+                z0 = None if own_start else initial_z(cell, x, args.jiio_z0)
                 return jiio_solve(cell, loss_fn, x, z0=z0, config=cfg, project=l2_ball(x, args.eps))
 
-            seconds, res = _timed(solve, device)
+            seconds, res = time_call(solve, device)
             return {"seconds": seconds, "x": res.x, "res": res}
 
         return go
@@ -250,7 +250,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     # existed). JIIO-n is not a prefix of JIIO-N (the alpha_x switch and the best-iterate
     # selection depend on N): each n is its own run.
     K = args.pgd_steps
-    configs = {f"jiio-{n}": base.replace(max_iter=n) for n in _steps(args.jiio_iters)}
+    configs = {f"jiio-{n}": base.replace(max_iter=n) for n in step_counts(args.jiio_iters)}
     configs.update(extra)
     # the warm baselines (strong.py): every family of --baselines at every step size of the grid
     warm = {baseline_label("pgd", k, a, "s"): (k, a) for k in args.baselines for a in args.step_sizes}
@@ -263,7 +263,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     pgd(1)(x_w, y_w), jiio(base.replace(max_iter=2))(x_w, y_w)  # warm-up: allocator, kernels, lazy init
     for k in args.baselines:
         pgd_warm(k, args.pgd_step_size, 1)(x_w, y_w)
-    runs, last = _interleave(variants, batches, args.reps, log)
+    runs, last = interleave(variants, batches, args.reps, log)
     strong_runs = {name: runs.pop(name) for name in warm}
     strong_last = {name: last.pop(name) for name in warm}
 
@@ -273,7 +273,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
         _cat([_per_sample(model, o["inputs"][k], x, y) for o, (x, y) in zip(pgd_last, batches, strict=True)])
         for k in range(K + 1)
     ]
-    rows = [_row("pgd", k, f"pgd-{k}", [t[k] for t in pgd_times], curve[k]) for k in _steps(K)]
+    rows = [_row("pgd", k, f"pgd-{k}", [t[k] for t in pgd_times], curve[k]) for k in step_counts(K)]
     samples: dict[str, dict[str, Tensor]] = {}
     for name, outs in last.items():
         samples[name] = _cat(
@@ -325,7 +325,7 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     }
     out = {
         "bench": "attack",
-        **_environment(device, args),
+        **describe_environment(device, args),
         "config": {
             "dataset": args.dataset,
             "size": size,
@@ -383,6 +383,6 @@ def run_attack(args: argparse.Namespace) -> dict[str, Any]:
         "plot": None,
     }
     if args.plot:
-        out["plot"] = _plot_attack(args.plot, out)
+        out["plot"] = plot_attack(args.plot, out)
         log(f"wrote {out['plot']}")
     return out

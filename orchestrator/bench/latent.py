@@ -14,21 +14,19 @@ import torch
 from torch import Tensor, nn
 
 from jiio_core import DEQ, JIIOConfig, MDEQCell, adam_latent, adam_latent_warm, count_parameters, jiio_solve
-from orchestrator.bench._common import (
-    _TRAIN_DEQ,
-    _baseline_deq,
-    _build,
-    _environment,
-    _load_data,
-    _Log,
-    _setup,
-    _test_batches,
-    _z0,
-)
-from orchestrator.bench._timing import _CallClock, _interleave, _timed
-from orchestrator.bench._variants import _jiio_variants
 from orchestrator.bench.measure import equal_strength, mean_interval, ratio_interval, timing_row
-from orchestrator.bench.report import _plot_latent
+from orchestrator.bench.report import plot_latent
+from orchestrator.bench.setup import (
+    TRAIN_DEQ,
+    Log,
+    baseline_deq,
+    build_models,
+    describe_environment,
+    held_out_batches,
+    initial_z,
+    load_data,
+    setup_run,
+)
 from orchestrator.bench.strong import (
     StepClock,
     baseline_label,
@@ -37,14 +35,14 @@ from orchestrator.bench.strong import (
     warm_description,
     warm_settings,
 )
+from orchestrator.bench.timing import CallClock, interleave, time_call
+from orchestrator.bench.variants import jiio_variants
 from orchestrator.data import DatasetSplits
 
 __all__ = [
     "LATENT_ALPHA_X",
     "LATENT_ANDERSON_M",
     "LATENT_ANDERSON_TYPE",
-    "_se",
-    "_train_decoder",
     "run_latent",
 ]
 
@@ -86,7 +84,7 @@ def _train_decoder(
     latent_dim: int,
     args: argparse.Namespace,
     device: torch.device,
-    log: _Log,
+    log: Log,
 ) -> dict[str, Any]:
     """GLO (Bojanowski et al. 2018): decoder and one free latent per training image, jointly."""
     gen = torch.Generator().manual_seed(args.seed)
@@ -95,7 +93,7 @@ def _train_decoder(
     images = torch.stack([splits.train[i][0] for i in keep]).to(device)
     codes = nn.Embedding(len(keep), latent_dim, sparse=True).to(device)
     nn.init.normal_(codes.weight, std=0.5)
-    deq = DEQ(cell, _TRAIN_DEQ)
+    deq = DEQ(cell, TRAIN_DEQ)
     opt = torch.optim.Adam([*cell.parameters(), *head.parameters()], lr=args.train_lr)
     opt_codes = torch.optim.SparseAdam(list(codes.parameters()), lr=10 * args.train_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.train_steps)
@@ -140,10 +138,10 @@ def _versus(
 def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     """``jiio bench latent``: Adam-S vs JIIO-N (and JIIO-M, and ``--jiio-config`` variants)
     over a DEQ decoder's latent, on ``--samples`` held-out images in batches."""
-    device, log = _setup(args, "latent")
-    splits = _load_data(args)
-    cell, head, ckpt, size, latent_dim = _build(args, splits, "latent")
-    batches = _test_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
+    device, log = setup_run(args, "latent")
+    splits = load_data(args)
+    cell, head, ckpt, size, latent_dim = build_models(args, splits, "latent")
+    batches = held_out_batches(splits, args.samples, args.batch, args.seed, device)  # before any training
     assert latent_dim is not None
 
     def jiio_cfg(n: int) -> JIIOConfig:
@@ -154,7 +152,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
             anderson_type=args.anderson_type,
         )
 
-    extra = _jiio_variants(args.jiio_config, jiio_cfg(args.jiio_iters))
+    extra = jiio_variants(args.jiio_config, jiio_cfg(args.jiio_iters))
     cell, head = cell.to(device), head.to(device)
     if ckpt:
         log(f"loaded {size} MDEQ decoder (latent {latent_dim}) from {args.checkpoint}")
@@ -167,7 +165,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     n_params = count_parameters(cell) + count_parameters(head)
     for p in [*cell.parameters(), *head.parameters()]:
         p.requires_grad_(False)  # the latent is the only variable
-    deq_cfg = _baseline_deq(args)
+    deq_cfg = baseline_deq(args)
     deq = DEQ(cell, deq_cfg)
 
     def decoder(x: Tensor) -> Tensor:
@@ -187,7 +185,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     def adam(steps: int) -> Callable[[Tensor, Tensor], dict[str, Any]]:
-        clock = _CallClock(decoder, device)
+        clock = CallClock(decoder, device)
 
         def go(target: Tensor, _: Tensor) -> dict[str, Any]:
             clock.reset()
@@ -230,10 +228,10 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
                 return _se(head(z), target)
 
             def solve() -> Any:
-                z0 = None if own_start else _z0(cell, x0, args.jiio_z0)
+                z0 = None if own_start else initial_z(cell, x0, args.jiio_z0)
                 return jiio_solve(cell, loss_fn, x0, z0=z0, config=cfg)
 
-            seconds, res = _timed(solve, device)
+            seconds, res = time_call(solve, device)
             return {"seconds": seconds, "x": res.x, "res": res}
 
         return go
@@ -253,7 +251,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     adam(1)(t_w, y_w), jiio(jiio_cfg(2))(t_w, y_w)  # warm-up
     for k in args.baselines:
         adam_warm(k, args.adam_lr, 1)(t_w, y_w)
-    runs, last = _interleave(variants, batches, args.reps, log)
+    runs, last = interleave(variants, batches, args.reps, log)
     strong_runs = {name: runs.pop(name) for name in warm}
     strong_last = {name: last.pop(name) for name in warm}
 
@@ -328,7 +326,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
     reach = eq["step"]
     adam_t = curves[f"adam-{S}"]["seconds"][reach] if reach is not None else None
     plot = (
-        _plot_latent(args.plot, curves, rows, device, size, args, strong["baselines"], args.clock)
+        plot_latent(args.plot, curves, rows, device, size, args, strong["baselines"], args.clock)
         if args.plot
         else None
     )
@@ -336,7 +334,7 @@ def run_latent(args: argparse.Namespace) -> dict[str, Any]:
         log(f"wrote {plot}")
     return {
         "bench": "latent",
-        **_environment(device, args),
+        **describe_environment(device, args),
         "config": {
             "dataset": args.dataset,
             "size": size,

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from jiio_core import pgd_attack, pgd_attack_warm
-from orchestrator.bench._timing import _CallClock
 from orchestrator.bench.strong import (
     DEFAULT_BASELINES,
     StepClock,
@@ -29,6 +28,7 @@ from orchestrator.bench.strong import (
     parse_baselines,
     warm_settings,
 )
+from orchestrator.bench.timing import CallClock
 
 __all__ = ["DEFAULT_STEP_SIZES", "baseline_reference", "fastest_to", "reference_path"]
 
@@ -67,7 +67,7 @@ def baseline_reference(
         seconds, objective, n = [0.0] * (K + 1), [0.0] * (K + 1), 0
         for x, y in batches:
             if k is None:
-                clock = _CallClock(trainer.logits, trainer.device)
+                clock = CallClock(trainer.logits, trainer.device)
                 clock.reset()
                 pgd_attack(clock, x, y, eps=eps, step_size=a, steps=K)
                 times, inputs = clock.starts, clock.inputs

@@ -10,23 +10,12 @@ from typing import Any
 
 import torch
 
-from orchestrator.bench._common import _device_name
+from orchestrator.bench.setup import device_name
 
-__all__ = [
-    "_ci",
-    "_f",
-    "_finite",
-    "_header",
-    "_plot_attack",
-    "_plot_latent",
-    "_ratio",
-    "_render",
-    "_render_attack",
-    "_render_latent",
-]
+__all__ = ["best_warm", "json_safe", "plot_attack", "plot_latent", "render"]
 
 
-def _best_warm(baselines: dict[str, Any] | None, key: str, higher: bool) -> dict[str, str]:
+def best_warm(baselines: dict[str, Any] | None, key: str, higher: bool) -> dict[str, str]:
     """Per warm family (``jfb``, ``ift-K``), the label of its strongest step size at the full
     step budget by ``key``: the one curve per family a plot draws beside the cold baseline."""
     best: dict[str, str] = {}
@@ -44,7 +33,7 @@ def _best_warm(baselines: dict[str, Any] | None, key: str, higher: bool) -> dict
     return best
 
 
-def _plot_latent(
+def plot_latent(
     path: str,
     curves: dict[str, dict[str, list[float]]],
     rows: list[dict[str, Any]],
@@ -75,7 +64,7 @@ def _plot_latent(
             label += " cold (paper)"
         (line,) = ax.plot(*positive(c), label=label)
         ax.plot([row["seconds"]], [row["loss"]], "o", color=line.get_color(), markersize=5)
-    for label in _best_warm(baselines, "loss", False).values():
+    for label in best_warm(baselines, "loss", False).values():
         c = baselines[label]["curve"]  # type: ignore[index]
         ax.plot(*positive(c), "--", linewidth=1.2, label=f"{label} (warm)")
     ax.set_xscale("log")
@@ -86,7 +75,7 @@ def _plot_latent(
     ax.set_yscale("log")
     n = getattr(args, "samples", args.batch)
     title = (
-        f"{size} MDEQ decoder, {args.dataset}, {n} samples in batches of {args.batch}, {_device_name(device)}"
+        f"{size} MDEQ decoder, {args.dataset}, {n} samples in batches of {args.batch}, {device_name(device)}"
     )
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -102,7 +91,7 @@ def _plot_latent(
     return path
 
 
-def _plot_attack(path: str, out: dict[str, Any]) -> str:
+def plot_attack(path: str, out: dict[str, Any]) -> str:
     """Strength against time: the paper's cold PGD per-step curve (with its 95% band), the warm
     baselines (dashed; per family the step size strongest at the full budget) and every JIIO
     variant (95% intervals), by cross-entropy (left) and accuracy under attack (right)."""
@@ -120,7 +109,7 @@ def _plot_attack(path: str, out: dict[str, Any]) -> str:
         ys = [c[key][k] for k in ks]
         ax.plot(t, ys, "-o", color="black", markersize=3, label=f"PGD-k cold (paper), k = 1..{len(t)}")
         warm = out.get("baselines")
-        for label in _best_warm(warm, "loss", True).values():
+        for label in best_warm(warm, "loss", True).values():
             w = warm[label]["curve"]  # type: ignore[index]
             name = f"{label} (warm), k = 1..{len(t)}"
             ax.plot(w["seconds"][1:], w[key][1:], "--", linewidth=1.2, label=name)
@@ -167,12 +156,12 @@ def _plot_attack(path: str, out: dict[str, Any]) -> str:
     return path
 
 
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats -> None."""
+def json_safe(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None (``--json`` output must be strict JSON)."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -365,6 +354,7 @@ def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _render(out: dict[str, Any]) -> str:
+def render(out: dict[str, Any]) -> str:
+    """The text report of a bench result: its header (model, settings, environment) and tables."""
     body = _render_attack(out) if out["bench"] == "attack" else _render_latent(out)
     return "\n".join(_header(out) + body)

@@ -41,13 +41,13 @@ import torch
 from torch import Tensor
 
 from jiio_core import WarmSettings
-from orchestrator.bench._timing import _now, _sync
 from orchestrator.bench.measure import (
     best_per_step,
     fastest_reaching,
     mean_interval,
     reaches,
 )
+from orchestrator.bench.timing import clock_now, sync_device
 
 __all__ = [
     "DEFAULT_BASELINES",
@@ -185,12 +185,12 @@ class StepClock:
         self.inputs: list[Tensor] = []
 
     def start(self, x0: Tensor) -> None:
-        _sync(self.device)
-        self.times, self.inputs, self.t0 = [0.0], [x0.detach().clone()], _now()
+        sync_device(self.device)
+        self.times, self.inputs, self.t0 = [0.0], [x0.detach().clone()], clock_now()
 
     def __call__(self, _t: int, x_t: Tensor) -> None:
-        _sync(self.device)
-        self.times.append(_now() - self.t0)
+        sync_device(self.device)
+        self.times.append(clock_now() - self.t0)
         self.inputs.append(x_t.detach().clone())
 
 

@@ -16,7 +16,7 @@ Example::
 
     from orchestrator.data import DataConfig
     from orchestrator.tasks.adversarial import train_adversarial
-    from orchestrator.tasks.common import TaskConfig
+    from orchestrator.tasks import TaskConfig
 
     result, trainer = train_adversarial(
         TaskConfig(mode="jiio", epochs=1, max_steps_per_epoch=2, eval_batches=1),
@@ -50,19 +50,11 @@ from jiio_core import (
     pgd_attack_warm,
 )
 from orchestrator.data import DataConfig, DatasetSplits, load_dataset
-from orchestrator.tasks.common import (
-    Callback,
-    StepOutcome,
-    TaskConfig,
-    TaskResult,
-    Trainer,
-    backward_stats,
-    jacobian_penalty,
-    jiio_stats,
-    mdeq_config,
-    mean_trace,
-    samples_metric,
-)
+from orchestrator.tasks.jacobian import jacobian_penalty
+from orchestrator.tasks.model_sizes import mdeq_config
+from orchestrator.tasks.step_metrics import backward_stats, jiio_stats, mean_trace, samples_metric
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import Callback, StepOutcome, TaskResult, Trainer
 
 __all__ = ["ATTACKS", "AdversarialTrainer", "attack_table", "format_table", "train_adversarial"]
 
@@ -219,7 +211,7 @@ class AdversarialTrainer(Trainer):
         update. ``jac_reg > 0`` adds the Hutchinson Jacobian penalty at the final ``(z, x)``
         of the step (the paper's code takes a random JIIO iterate; the final one is as valid
         a point of the trajectory and costs nothing extra to pick). The row reports which
-        backward ran (:func:`~orchestrator.tasks.common.backward_stats`: ``backward_mode``
+        backward ran (:func:`~orchestrator.tasks.step_metrics.backward_stats`: ``backward_mode``
         "mu" when every sample reused ``mu*``, "ift" / "mixed" when some had to solve because
         their ``mu*`` had not met ``backward_tol``, "none" when no backward ran).
         """

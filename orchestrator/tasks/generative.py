@@ -15,7 +15,7 @@ Example::
 
     import torch
     from orchestrator.data import DataConfig
-    from orchestrator.tasks.common import TaskConfig
+    from orchestrator.tasks import TaskConfig
     from orchestrator.tasks.generative import train_generative
 
     result, trainer = train_generative(TaskConfig(task="generative", epochs=1), DataConfig("digits"))
@@ -36,19 +36,11 @@ from torch import Tensor, nn
 
 from jiio_core import DEQ, DEQConfig, ImageHead, JIIOResult, MDEQCell, adam_latent, jiio_solve
 from orchestrator.data import DataConfig, DatasetSplits, load_dataset, make_loader
-from orchestrator.tasks.common import (
-    Callback,
-    StepOutcome,
-    TaskConfig,
-    TaskResult,
-    Trainer,
-    backward_stats,
-    jacobian_penalty,
-    jiio_stats,
-    mdeq_config,
-    mean_trace,
-    samples_metric,
-)
+from orchestrator.tasks.jacobian import jacobian_penalty
+from orchestrator.tasks.model_sizes import mdeq_config
+from orchestrator.tasks.step_metrics import backward_stats, jiio_stats, mean_trace, samples_metric
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import Callback, StepOutcome, TaskResult, Trainer
 
 __all__ = ["GenerativeTrainer", "LatentSolve", "psnr", "save_grid", "sq_error", "train_generative"]
 

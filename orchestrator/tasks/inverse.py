@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from orchestrator.data import DataConfig, DatasetSplits, load_dataset
-from orchestrator.tasks.common import Callback, TaskConfig, TaskResult
 from orchestrator.tasks.generative import GenerativeTrainer
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import Callback, TaskResult
 
 __all__ = ["INVERSE_TASKS", "InverseTrainer", "corrupt", "inpainting_window", "train_inverse"]
 

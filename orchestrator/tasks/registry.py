@@ -11,15 +11,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
-from orchestrator.tasks.common import TaskConfig
+from orchestrator.data import DatasetSplits
+from orchestrator.tasks.task_config import TaskConfig
 
 __all__ = ["make_trainer"]
 
 
-def make_trainer(config: TaskConfig, data: Any):
-    """The Trainer subclass for ``config.task``, built on ``data`` (a ``DataSplits``)."""
+def make_trainer(config: TaskConfig, data: DatasetSplits):
+    """The Trainer subclass for ``config.task``, built on ``data`` (a ``DatasetSplits``)."""
     if config.task == "adversarial":
         from orchestrator.tasks.adversarial import AdversarialTrainer
 

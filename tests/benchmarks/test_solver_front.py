@@ -16,7 +16,7 @@ import pytest
 
 from jiio_core import JIIOConfig
 from orchestrator import cli
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -637,7 +637,7 @@ class Harness:
     def store(self):
         sys.path.insert(0, str(ROOT))
         os.environ.update(self.s3_env())  # pyarrow's S3 filesystem reads AWS_ENDPOINT_URL
-        from orchestrator.results import ResultStore
+        from orchestrator.storage import ResultStore
 
         return ResultStore(self.storage)
 

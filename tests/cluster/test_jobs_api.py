@@ -330,7 +330,7 @@ class _Run:
 
     def trials(self, sweep: str) -> list[dict[str, Any]]:
         sys.path.insert(0, str(ROOT))
-        from orchestrator.results import ResultStore
+        from orchestrator.storage import ResultStore
 
         frame = ResultStore(str(self.shared)).read("trials", sweep)
         cols = [c for c in ("trial_id", "status", "node_id", "host", "git_sha") if c in frame.columns]

@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator.cluster_settings import ClusterSettings
+from orchestrator.driver.cluster_settings import ClusterSettings
 from tests.cluster import launcher_harness as harness
 
 TIMEOUT_S = 2400  # measured: 13-17 minutes on a shared 2-core machine under load (cluster/README.md)

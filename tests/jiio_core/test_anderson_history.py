@@ -16,7 +16,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from jiio_core._mixers import AndersonMixer, StaticAndersonMixer, _solve
+from jiio_core.mixers import AndersonMixer
+from jiio_core.static_anderson import StaticAndersonMixer
+from jiio_core.static_anderson import batched_solve as _solve
 
 D, B, M, STEPS = 24, 5, 4, 15  # STEPS > 3 M: the ring buffer wraps three times
 

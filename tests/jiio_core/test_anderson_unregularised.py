@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from jiio_core import anderson, fixed_point
-from jiio_core._mixers import AndersonMixer
+from jiio_core.mixers import AndersonMixer
 
 D = 12
 

@@ -1,5 +1,5 @@
 """Tests for JIIOConfig and DEQConfig: validation (errors name the field), the paper presets
-(numbers from DESIGN.md section 4, the paper's released code), replace and to_dict."""
+(numbers from the paper's released code), replace and to_dict."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ GRAPH_CONFIGS = {
 def test_cuda_graph_iteration_matches_the_eager_path(monkeypatch, name, linsolve):
     """cuda_graph=True (one iteration captured, then replayed) gives the eager path's
     iterates, trace and kept iterate on the same GPU, float64, up to rounding."""
-    from jiio_core import _graph
+    from jiio_core import static_iteration as _graph
 
     monkeypatch.setattr(_graph, "LINSOLVE", linsolve)
     cfg = GRAPH_CONFIGS[name]

@@ -1,7 +1,7 @@
 """``JIIOConfig.paper(...)`` against an independent re-implementation of the authors' loop.
 
-The reference below is written from the description of the paper's released code in
-DESIGN.md section 4 (not from jiio_core): start z = 0, delta = 0, mu = 0; two plain
+The reference below is written from a description of the paper's released code (JIIO,
+Gurumurthy et al., NeurIPS 2021; not from jiio_core): start z = 0, delta = 0, mu = 0; two plain
 evaluations, then Anderson type I in the bordered form ``[[0, 1^T], [1, X G^T]]`` with the
 sum-to-one constraint, beta = 1, no regularisation; alpha_x switched when
 ``(it + 1) % max(50, int(5 T / 8)) == 0``; the x step along the gradient divided by its

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from jiio_core import anderson, broyden, fixed_point
-from jiio_core._mixers import AndersonMixer
+from jiio_core.mixers import AndersonMixer
 from jiio_core.solvers import solve
 
 SOLVERS = {

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jiio_core import ClassifierHead, JIIOConfig, MDEQCell, MDEQConfig, _graph, jiio_solve, l2_ball
+from jiio_core import ClassifierHead, JIIOConfig, MDEQCell, MDEQConfig, jiio_solve, l2_ball
 from jiio_core import jiio as jiio_module
+from jiio_core import static_iteration as _graph
 
 PAPER = JIIOConfig.paper("mnist_adversarial")
 CONFIGS = {

@@ -9,7 +9,7 @@ import torch
 
 from jiio_core import JIIOConfig
 from orchestrator.data import make_loader
-from orchestrator.tasks.common import TaskConfig
+from orchestrator.tasks.task_config import TaskConfig
 
 # Plain damped iteration with raw-gradient latent steps: what trains this tiny decoder
 # best on digits (Anderson on the augmented system often stalls at poor stationary points).

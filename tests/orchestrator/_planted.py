@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 
 SPACE = {
     "alpha_z": {"kind": "loguniform", "low": 0.2, "high": 1.0, "choices": []},

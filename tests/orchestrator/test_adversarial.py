@@ -23,7 +23,7 @@ from orchestrator.tasks.adversarial import (
     format_table,
     train_adversarial,
 )
-from orchestrator.tasks.common import TaskConfig
+from orchestrator.tasks.task_config import TaskConfig
 
 FAST_JIIO = JIIOConfig.paper("mnist_adversarial").replace(max_iter=15, alpha_x_switch_iter=10)
 EVAL_KEYS = {
@@ -315,9 +315,9 @@ def test_eval_counts_and_samples_reach_the_steps_table_not_tune(data, tmp_path, 
     row hold eval_n and no list."""
     import ray.tune
 
-    from orchestrator.results import ResultStore
-    from orchestrator.trainable import run_trial
-    from orchestrator.trial_meta import SweepMeta
+    from orchestrator.storage import ResultStore
+    from orchestrator.trial.meta import SweepMeta
+    from orchestrator.trial.trainable import run_trial
 
     reports: list[dict] = []
     monkeypatch.setattr(ray.tune, "report", reports.append)

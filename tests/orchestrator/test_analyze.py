@@ -9,8 +9,8 @@ from PIL import Image
 
 from orchestrator.analyze import AnalyzeError, plot_sweep, run, summarize, summary_text
 from orchestrator.cli import main
-from orchestrator.results import ResultStore
-from orchestrator.solve_trial import pareto_front
+from orchestrator.pareto import pareto_front
+from orchestrator.storage import ResultStore
 
 
 def _store(tmp_path, multi=False):

@@ -13,8 +13,8 @@ import pytest
 from orchestrator.analysis import summarize
 from orchestrator.analysis.intervals import Interval, PerSample, compare_values, sample_key
 from orchestrator.cli import main
-from orchestrator.results import ResultStore
 from orchestrator.stats import bootstrap
+from orchestrator.storage import ResultStore
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.analysis import Source, plot_sweep, summarize
 from orchestrator.analysis.importance import divergence_grid
-from orchestrator.analysis.summary import space_of
+from orchestrator.analysis.sweep_rows import space_of
 from orchestrator.cli import main
 
 from ._planted import DIVERGE_Z, SPACE, pair, planted

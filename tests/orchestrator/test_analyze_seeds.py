@@ -11,10 +11,12 @@ import pytest
 
 from orchestrator.analysis import summarize
 from orchestrator.analysis.importance import MIN_TRIALS, importances
-from orchestrator.analysis.seeds import BEATS, SAME, WORSE, SeedValue, seed_summary, versus
+from orchestrator.analysis.seed_values import SeedValue
+from orchestrator.analysis.seed_verdicts import BEATS, SAME, WORSE, versus
+from orchestrator.analysis.seeds import seed_summary
 from orchestrator.cli import main
-from orchestrator.results import ResultStore
 from orchestrator.stats import t_interval
+from orchestrator.storage import ResultStore
 
 from ._planted import pair, planted
 

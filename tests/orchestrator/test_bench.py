@@ -18,8 +18,12 @@ from PIL import Image
 
 from jiio_core import DEQ, ClassifierHead, DEQConfig, ImageHead, MDEQCell
 from orchestrator import bench, cli
+from orchestrator.bench.setup import held_out_batches
+from orchestrator.bench.timing import step_counts
+from orchestrator.bench.variants import jiio_variant
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.tasks.common import TaskConfig, mdeq_config
+from orchestrator.tasks.model_sizes import mdeq_config
+from orchestrator.tasks.task_config import TaskConfig
 
 TINY = ["--train-steps", "3", "--batch", "8", "--samples", "16", "--reps", "1", "--quiet", "--plot", ""]
 ATTACK = ["bench", "attack", *TINY, "--pgd-steps", "4", "--jiio-iters", "8"]
@@ -236,7 +240,7 @@ def test_attack_checkpoint_round_trip(tmp_path, capsys):
     assert out["model"]["source"] == "checkpoint" and out["model"]["path"] == str(path)
     assert out["config"]["train_steps"] is None
     # the loaded weights are the ones evaluated: same clean accuracy and loss on the same batch
-    parts = bench._test_batches(splits, 16, 8, 5, torch.device("cpu"))
+    parts = held_out_batches(splits, 16, 8, 5, torch.device("cpu"))
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     with torch.no_grad():
         logits = head(DEQ(cell, DEQConfig.paper())(x)[0])
@@ -254,7 +258,7 @@ def test_latent_checkpoint_round_trip(tmp_path, capsys):
     out = _run_json([*LATENT, "--checkpoint", str(path), "--plot", ""], capsys)
     assert out["model"]["source"] == "checkpoint" and out["config"]["latent_dim"] == 8
     splits = load_dataset(DataConfig("digits"))
-    target = torch.cat([p[0] for p in bench._test_batches(splits, 16, 8, 0, torch.device("cpu"))])
+    target = torch.cat([p[0] for p in held_out_batches(splits, 16, 8, 0, torch.device("cpu"))])
     with torch.no_grad():
         recon = head(DEQ(cell, DEQConfig.paper())(torch.zeros(16, 8))[0])
     start = float((recon - target).pow(2).flatten(1).sum(1).mean())
@@ -366,18 +370,18 @@ def test_jiio_config_variants_build_the_asked_configuration():
 
     base = JIIOConfig.paper("mnist_adversarial")
     celeba = JIIOConfig.paper("celeba_generative")
-    assert bench._jiio_variant("paper-celeba-generative", base) == celeba
-    assert bench._jiio_variant("paper-celeba-generative:max_iter=40,init=cell_step", base) == celeba.replace(
+    assert jiio_variant("paper-celeba-generative", base) == celeba
+    assert jiio_variant("paper-celeba-generative:max_iter=40,init=cell_step", base) == celeba.replace(
         max_iter=40, init="cell_step"
     )
-    assert bench._jiio_variant("max_iter=7,alpha_x=0.25", base) == base.replace(max_iter=7, alpha_x=0.25)
+    assert jiio_variant("max_iter=7,alpha_x=0.25", base) == base.replace(max_iter=7, alpha_x=0.25)
 
 
 def test_steps_rows():
-    assert bench._steps(20) == [5, 10, 20]
-    assert bench._steps(80) == [20, 40, 80]
-    assert bench._steps(1) == [1]
-    assert bench._steps(3) == [1, 3]
+    assert step_counts(20) == [5, 10, 20]
+    assert step_counts(80) == [20, 40, 80]
+    assert step_counts(1) == [1]
+    assert step_counts(3) == [1, 3]
 
 
 def test_plot_default_is_png_in_cwd():

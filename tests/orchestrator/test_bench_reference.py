@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from orchestrator.bench.reference import baseline_reference, fastest_to
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.tasks.adversarial import AdversarialTrainer
-from orchestrator.tasks.common import TaskConfig
+from orchestrator.tasks.task_config import TaskConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = {"dataset": "digits", "image_size": 8, "limit_train": 48, "limit_test": 16}

@@ -280,7 +280,7 @@ def test_latent_json_strong_baselines(capsys):
 
 
 def test_cpu_clock_times_this_process_and_is_stated(capsys):
-    from orchestrator.bench import _timing
+    from orchestrator.bench import timing as _timing
 
     argv = ["bench", "attack", *TINY, "--pgd-steps", "2", "--jiio-iters", "2", "--baselines", "jfb"]
     assert cli.main([*argv, "--step-sizes", "0.6", "--clock", "cpu", "--json"]) == 0
@@ -303,7 +303,7 @@ def _baseline(family: str, k: int | None, size: float, loss: list[float]) -> dic
 
 
 def test_best_warm_keeps_the_strongest_step_size_per_family():
-    from orchestrator.bench.report import _best_warm
+    from orchestrator.bench.report import best_warm
 
     b = {
         "pgd-cold-s0.6": _baseline("cold", None, 0.6, [0.1, 0.9, 2.0]),  # strongest, but cold
@@ -325,8 +325,8 @@ def test_best_warm_keeps_the_strongest_step_size_per_family():
             ]
             pick = max if higher else min
             want[fam] = pick(members, key=lambda lbl, key=key: b[lbl]["curve"][key][-1])
-        assert _best_warm(b, key, higher) == want
-    assert _best_warm(None, "loss", True) == {}
+        assert best_warm(b, key, higher) == want
+    assert best_warm(None, "loss", True) == {}
 
 
 def test_attack_plot_draws_cold_and_warm_baselines_and_every_variant(tmp_path, monkeypatch):
@@ -335,7 +335,7 @@ def test_attack_plot_draws_cold_and_warm_baselines_and_every_variant(tmp_path, m
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from orchestrator.bench.report import _plot_attack
+    from orchestrator.bench.report import plot_attack
 
     kept = []
     monkeypatch.setattr(plt, "close", kept.append)
@@ -373,7 +373,7 @@ def test_attack_plot_draws_cold_and_warm_baselines_and_every_variant(tmp_path, m
             "pgd-ift4-s1.2": _baseline("ift", 4, 1.2, [0.3, 0.8, 1.0, 1.02]),
         },
     }
-    _plot_attack(str(tmp_path / "p.png"), out)
+    plot_attack(str(tmp_path / "p.png"), out)
     (fig,) = kept
     assert (tmp_path / "p.png").stat().st_size > 0
     labels = [text.get_text() for text in fig.legends[0].get_texts()]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import sweep_cli
-from orchestrator.cluster_settings import ClusterSettings, ClusterSettingsError
+from orchestrator.commands import sweep as sweep_cli
+from orchestrator.driver.cluster_settings import ClusterSettings, ClusterSettingsError
 from orchestrator.tasks import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ def _config(tmp_path, **jiio) -> str:
 
 def _args(argv, monkeypatch, path):
     monkeypatch.setenv("JIIO_CLUSTER_CONFIG", path)
-    parser = sweep_cli._parser(alpha.SPEC)
+    parser = sweep_cli.build_parser(alpha.SPEC)
     args = parser.parse_args(argv)
-    sweep_cli._settings(parser, args)
+    sweep_cli.apply_cluster_settings(parser, args)
     return args
 
 
@@ -60,9 +60,9 @@ def test_flag_then_cluster_then_default(tmp_path, monkeypatch):
 def test_off_a_cluster_the_builtin_defaults(tmp_path, monkeypatch):
     monkeypatch.delenv("JIIO_CLUSTER_CONFIG", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/ray_bootstrap_config.yaml
-    parser = sweep_cli._parser(alpha.SPEC)
+    parser = sweep_cli.build_parser(alpha.SPEC)
     args = parser.parse_args([])
-    sweep_cli._settings(parser, args)
+    sweep_cli.apply_cluster_settings(parser, args)
     assert (args.storage, args.model_size) == ("results", "tiny")
     assert "storage='results' (default)" in args._settings_line
 
@@ -144,7 +144,9 @@ def test_trial_limits_bound_every_trial_the_same_way_at_every_model_size(size, t
     trial = TaskConfig.from_flat({**cfg.fixed, **cfg.enqueue[0]})
     assert (trial.max_steps_per_epoch, trial.eval_batches) == (2, 1)
     # Everything else is the script's: paper size keeps its own settings (TaskConfig's 2 epochs).
-    plain = alpha.fixed(sweep_cli._parser(alpha.SPEC).parse_args([*size, "--model-size", trial.model_size]))
+    plain = alpha.fixed(
+        sweep_cli.build_parser(alpha.SPEC).parse_args([*size, "--model-size", trial.model_size])
+    )
     assert {k: v for k, v in cfg.fixed.items() if k not in limits} == {
         k: v for k, v in plain.items() if k not in limits
     }
@@ -170,5 +172,5 @@ def test_a_flag_wins_over_a_trial_limit_and_limits_never_lengthen(tmp_path, monk
 def test_without_trial_limits_the_fixed_settings_are_the_scripts(tmp_path, monkeypatch, capsys):
     path = _config(tmp_path, storage="s3://b/j")
     cfg = _swept([], monkeypatch, path)
-    assert cfg.fixed == alpha.fixed(sweep_cli._parser(alpha.SPEC).parse_args(["--model-size", "paper"]))
+    assert cfg.fixed == alpha.fixed(sweep_cli.build_parser(alpha.SPEC).parse_args(["--model-size", "paper"]))
     assert "trial_limits=" not in capsys.readouterr().out

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from orchestrator.analysis import AnalyzeError
-from orchestrator.analysis.seeds import BEATS, SAME
+from orchestrator.analysis.seed_verdicts import BEATS, SAME
 from orchestrator.cli import main
-from orchestrator.confirm import plan_confirm, report, summarize
-from orchestrator.results import ResultStore
+from orchestrator.commands.confirm import plan_confirm, report, summarize
 from orchestrator.stats import t_interval
+from orchestrator.storage import ResultStore
 
 
 def _sweep(store, rows, paper="p"):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from orchestrator.console import SweepConsole
+from orchestrator.driver.console import SweepConsole
 
 
 def _trial(tid, **config):
@@ -64,7 +64,7 @@ def test_the_console_survives_tunes_pickling():
 def test_a_resumed_sweeps_best_covers_the_trials_finished_before():
     import pandas as pd
 
-    from orchestrator.console import best_finished
+    from orchestrator.driver.console import best_finished
 
     before = pd.DataFrame(
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.analysis.report import fit_table, wrap_lines
+from orchestrator.analysis.text_layout import fit_table, wrap_lines
 from orchestrator.cli import main
 
 from ._planted import planted

@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from orchestrator.data import DatasetSplits
-from orchestrator.results import ResultStore
-from orchestrator.tasks.common import StepOutcome, TaskConfig, Trainer
+from orchestrator.storage import ResultStore
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import StepOutcome, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The driver's background writer (``orchestrator.driver_writes``) and the pruning ASHA that
+"""The driver's background writer (``orchestrator.driver.background_writes``) and the pruning ASHA that
 uses it: FIFO order, backpressure, errors at flush, and a prune callback that returns at
 once while its row reaches storage by the flush."""
 
@@ -11,10 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.driver_writes import DriverWriteError, DriverWrites
-from orchestrator.results import ResultStore
-from orchestrator.search import Dim
-from orchestrator.sweep import SweepConfig, _pruning_asha
+from orchestrator.driver.background_writes import DriverWriteError, DriverWrites
+from orchestrator.driver.search import Dim
+from orchestrator.driver.sweep import SweepConfig
+from orchestrator.driver.tuner import pruning_asha as _pruning_asha
+from orchestrator.storage import ResultStore
 
 
 def test_tasks_run_in_the_order_they_were_submitted():
@@ -207,7 +208,7 @@ def test_a_prune_that_cannot_be_written_is_reported_at_flush_and_the_trial_stays
 
 
 def test_the_driver_prints_a_failed_write_and_goes_on(capsys):
-    from orchestrator.sweep import _drain
+    from orchestrator.driver.tuner import drain as _drain
 
     writes = DriverWrites()
     writes.submit("pruned row of trial t7", BrokenStore.put, None, "p", b"")

@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.export import to_optuna
-from orchestrator.results import ResultStore
+from orchestrator.commands.export import to_optuna
+from orchestrator.storage import ResultStore
 from tests.orchestrator._planted import planted
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "sweeps" / "alpha.py")

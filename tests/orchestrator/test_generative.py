@@ -15,8 +15,9 @@ from PIL import Image
 from jiio_core import JIIOConfig
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.tasks import generative as gen_mod
-from orchestrator.tasks.common import StepOutcome, TaskConfig, TaskResult
 from orchestrator.tasks.generative import GenerativeTrainer, psnr, save_grid, sq_error, train_generative
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import StepOutcome, TaskResult
 from tests.orchestrator import _latent
 from tests.orchestrator._latent import FAST_JIIO, check_eval_samples, first_batch, params
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from orchestrator import hints
 from orchestrator.analysis.seeds import evaluation_only
+from orchestrator.driver import hints
 
 
 def test_hints_name_the_venvs_jiio_when_it_is_not_on_path(tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.tasks.common import TaskConfig
 from orchestrator.tasks.generative import psnr
 from orchestrator.tasks.inverse import InverseTrainer, corrupt, inpainting_window, train_inverse
+from orchestrator.tasks.task_config import TaskConfig
 from tests.orchestrator import _latent
 from tests.orchestrator._latent import FAST_JIIO, check_eval_samples, first_batch, params
 

@@ -16,7 +16,7 @@ from jiio_core import WarmSettings, pgd_attack, pgd_attack_warm
 from orchestrator import cli
 from orchestrator.data import DataConfig, load_dataset
 from orchestrator.tasks.adversarial import AdversarialTrainer
-from orchestrator.tasks.common import TaskConfig
+from orchestrator.tasks.task_config import TaskConfig
 
 
 @pytest.fixture(scope="module")

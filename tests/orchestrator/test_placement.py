@@ -8,7 +8,7 @@ test, whose rows must carry the worker node's id).
 
 from __future__ import annotations
 
-from orchestrator.trial_meta import PLACEMENT_KEYS, placement
+from orchestrator.trial.meta import PLACEMENT_KEYS, placement
 
 
 def test_outside_ray_only_the_device_is_known(monkeypatch):

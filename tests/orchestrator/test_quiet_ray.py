@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sweep import quiet_ray
+from orchestrator.driver.sweep import quiet_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_quiet_ray_selects_tunes_silent_output_and_mutes_its_logs(monkeypatch):
 _TUNER = """
 import ray
 from ray import tune
-from orchestrator.sweep import quiet_ray
+from orchestrator.driver.sweep import quiet_ray
 quiet_ray(verbose=False)
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 def f(config):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 from tests.orchestrator.test_faults import _check, _snapshot
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from orchestrator.search import Dim, UniqueTrials, make_searcher
-from orchestrator.trial_meta import make_trial_id
+from orchestrator.driver.search import Dim, UniqueTrials, make_searcher
+from orchestrator.trial.meta import make_trial_id
 
 pytest.importorskip("ray.tune")
 
@@ -164,7 +164,7 @@ def test_a_replicated_resume_issues_unfinished_runs_and_missing_seeds_first():
 
 
 def test_missing_seeds_of_started_configurations():
-    from orchestrator.sweep_state import Plan, missing_seeds
+    from orchestrator.driver.state import Plan, missing_seeds
 
     done = pd.DataFrame(
         [

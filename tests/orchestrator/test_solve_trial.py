@@ -1,4 +1,4 @@
-"""Tests for orchestrator.solve_trial: the inner-solve trials of ``sweeps/solver.py``.
+"""Tests for orchestrator.trial.solve: the inner-solve trials of ``sweeps/solver.py``.
 
 ``run_solve`` must solve each task's own inner problem (adversarial: the attack against the
 labels on the eps-ball; generative: reconstruction of the IMAGES; inpainting / denoising:
@@ -25,15 +25,17 @@ import torch
 import torch.nn.functional as F
 
 from jiio_core import jiio_solve, l2_ball
-from jiio_core.jiio import TRACE_KEYS
+from jiio_core.augmented import TRACE_KEYS
 from orchestrator.analysis import summarize
 from orchestrator.data import DataConfig, load_dataset, make_loader
-from orchestrator.results import ResultStore
-from orchestrator.solve_trial import ensure_checkpoint, load_bytes, run_solve
-from orchestrator.tasks.common import TaskConfig, Trainer
+from orchestrator.driver.fixed_model import ensure_checkpoint
+from orchestrator.storage import ResultStore, load_bytes
 from orchestrator.tasks.inverse import corrupt
 from orchestrator.tasks.registry import make_trainer
-from orchestrator.trial_meta import SweepMeta
+from orchestrator.tasks.task_config import TaskConfig
+from orchestrator.tasks.trainer import Trainer
+from orchestrator.trial.meta import SweepMeta
+from orchestrator.trial.solve import run_solve
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "sweeps" / "solver.py")
@@ -268,7 +270,7 @@ def test_run_solve_generative_at_a_broadcasting_batch(data, checkpoints, tmp_pat
 def test_run_solve_lists_diverged_samples_as_nan_in_place(data, checkpoints, tmp_path, monkeypatch):
     """A diverged sample keeps its place in ``inner_objective_samples`` (NaN), so trials
     that diverge on different samples still list the same samples at the same places."""
-    import orchestrator.solve_trial as solve_trial
+    import orchestrator.trial.solve as solve_trial
 
     solve = solve_trial._solve_batch
 
@@ -294,7 +296,7 @@ def test_run_solve_lists_diverged_samples_as_nan_in_place(data, checkpoints, tmp
 def test_a_wholly_diverged_batch_makes_the_trial_diverged(data, checkpoints, tmp_path, monkeypatch):
     """One of two batches diverges entirely, the other not at all: solver_diverged is exactly
     0.5 and inner_objective is inf; the trial must not end "completed" with nothing to rank."""
-    import orchestrator.solve_trial as solve_trial
+    import orchestrator.trial.solve as solve_trial
 
     solve, calls = solve_trial._solve_batch, []
 

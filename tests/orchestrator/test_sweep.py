@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "sweeps" / "alpha.py")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import sweep_cli
+from orchestrator.commands import sweep as sweep_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "sweeps"))
@@ -81,7 +81,7 @@ def test_bad_flags_are_refused_before_ray(argv, message, capsys, tmp_path):
 def test_any_invalid_number_is_one_line_and_exit_2(flag, value, tmp_path_factory):
     """Property: a flag value is either accepted as a valid setting or refused in one line."""
     storage = tmp_path_factory.mktemp("p") / "res"
-    parser = sweep_cli._parser(alpha.SPEC)
+    parser = sweep_cli.build_parser(alpha.SPEC)
     import contextlib
     import io
 
@@ -136,7 +136,7 @@ def test_a_second_driver_on_the_same_sweep_is_refused_naming_the_first(tmp_path)
 def _first_trial(spec, argv):
     import argparse
 
-    parser = sweep_cli._parser(spec)
+    parser = sweep_cli.build_parser(spec)
     spec.add_arguments(parser)
     args: argparse.Namespace = parser.parse_args(argv)
     space = spec.space(args.task)
@@ -183,7 +183,7 @@ def test_the_solver_sweeps_first_trial_is_exactly_the_papers_configuration():
 
 
 def test_a_plain_resume_counts_against_the_sweeps_own_target(tmp_path):
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     name = "alpha-adversarial-digits"
     store = ResultStore(str(tmp_path))
@@ -201,8 +201,8 @@ def test_a_plain_resume_counts_against_the_sweeps_own_target(tmp_path):
 
 
 def test_resume_with_fewer_trials_than_finished_says_so(tmp_path, capsys):
-    from orchestrator.results import ResultStore
-    from orchestrator.sweep import _run_locked
+    from orchestrator.driver.sweep import _run_locked
+    from orchestrator.storage import ResultStore
 
     name = "alpha-adversarial-digits"
     store = ResultStore(str(tmp_path))
@@ -253,7 +253,7 @@ def test_the_flag_choices_equal_the_tasks_and_datasets():
 
 
 def test_a_finished_sweep_without_resume_is_refused_before_ray_starts(tmp_path, capsys):
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     name = "alpha-adversarial-digits"
     ResultStore(str(tmp_path)).write("trials", name, "t0", [{"trial_id": "t0", "status": "completed"}])
@@ -265,7 +265,7 @@ def test_a_finished_sweep_without_resume_is_refused_before_ray_starts(tmp_path, 
 
 
 def test_the_sweeps_own_lines_fit_80_columns(tmp_path, capsys, monkeypatch):
-    from orchestrator.sweep import SweepOutcome
+    from orchestrator.driver.sweep import SweepOutcome
 
     monkeypatch.setenv("JIIO_CONSOLE_WIDTH", "80")
     monkeypatch.setattr(sweep_cli, "run_sweep", lambda cfg: SweepOutcome(6, 6, 6, False, cfg.storage))

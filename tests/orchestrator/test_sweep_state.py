@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from orchestrator.results import ResultStore
-from orchestrator.search import Dim
-from orchestrator.sweep import SweepConfig
-from orchestrator.sweep_state import check_resume, driver_row, plan_run, write_meta
+from orchestrator.driver.search import Dim
+from orchestrator.driver.state import check_resume, driver_row, plan_run, write_meta
+from orchestrator.driver.sweep import SweepConfig
+from orchestrator.storage import ResultStore
 
 
 def cfg(**kw):
@@ -125,7 +125,7 @@ def test_driver_rows_carry_the_trials_provenance_and_error_history(tmp_path):
 
 
 def test_a_finished_trial_with_an_unreadable_steps_file_is_recomputed(tmp_path):
-    from orchestrator.sweep_state import quarantine_incomplete as _quarantine_incomplete
+    from orchestrator.driver.state import quarantine_incomplete as _quarantine_incomplete
 
     store = ResultStore(str(tmp_path))
     for tid in ("a", "b"):
@@ -157,7 +157,7 @@ def test_planning_a_resume_scales_linearly_with_trials():
 def test_a_record_left_running_beside_a_finished_row_is_marked_finished(tmp_path):
     """Killed between writing its row and updating its record (measured: an orphaned trial
     of a SIGKILLed driver did exactly this on S3)."""
-    from orchestrator.sweep_state import sync_records
+    from orchestrator.driver.state import sync_records
 
     store = ResultStore(str(tmp_path))
     store.write("trials", "s", "a", [{"trial_id": "a", "status": "completed"}])

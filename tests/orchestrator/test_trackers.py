@@ -171,7 +171,7 @@ def test_a_failing_tracker_is_switched_off_and_others_go_on(capsys):
 def test_log_flags_reach_the_sweep_config(tmp_path):
     from pathlib import Path
 
-    from orchestrator import sweep_cli
+    from orchestrator.commands import sweep as sweep_cli
 
     path = Path(__file__).resolve().parents[2] / "sweeps" / "alpha.py"
     spec = importlib.util.spec_from_file_location("_alpha_for_trackers", path)
@@ -193,7 +193,7 @@ def test_a_smoke_sweep_logs_every_trial(tmp_path):
     Parquet rows, each with the objective's per-epoch values and its final value."""
     import subprocess
 
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
     from tests.orchestrator.test_sweep import ENV, ROOT, SCRIPT
 
     logs = ["--log", "tensorboard"] + (["--log", "mlflow"] if importlib.util.find_spec("mlflow") else [])
@@ -242,7 +242,7 @@ def test_the_last_epoch_and_eval_n_come_from_the_parquet_rows(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from orchestrator.results import ResultStore
+    from orchestrator.storage import ResultStore
 
     store = ResultStore(str(tmp_path))
     eval_row = {"trial_id": "one", "step": 9, "epoch": 1, "phase": "eval", "epoch_end": True}

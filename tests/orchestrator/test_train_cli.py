@@ -1,4 +1,4 @@
-"""Tests for ``jiio train`` (orchestrator.train_cli, through orchestrator.cli.main and the
+"""Tests for ``jiio train`` (orchestrator.commands.train, through orchestrator.cli.main and the
 ``jiio`` console script): the checkpoint it writes and that ``jiio bench --checkpoint``
 takes, one-line errors for bad input, ``--resume`` refusing changed settings, and a run
 killed with SIGKILL and resumed, as a user would hit it.
@@ -466,7 +466,7 @@ def test_train_resume_and_bench_on_object_storage(s3_bucket, capsys):
 @pytest.mark.slow
 def test_killed_on_object_storage_after_the_first_checkpoint_resumes_to_the_end(s3_bucket):
     """The kill test above with --out s3://... (the subprocess inherits the S3 endpoint)."""
-    from orchestrator.solve_trial import file_exists, load_bytes
+    from orchestrator.storage import file_exists, load_bytes
 
     out = f"{s3_bucket}/k.pt"
 

@@ -7,11 +7,11 @@ import io
 import torch
 
 from orchestrator.data import DataConfig, load_dataset
-from orchestrator.results import ResultStore
+from orchestrator.storage import ResultStore
 from orchestrator.tasks import TaskConfig
 from orchestrator.tasks.registry import make_trainer
-from orchestrator.train_trial import train
-from orchestrator.trial_meta import SweepMeta
+from orchestrator.trial.meta import SweepMeta
+from orchestrator.trial.train import train
 
 FLAT = {
     "task": "adversarial",

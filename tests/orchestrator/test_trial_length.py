@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results import ResultStore
-from orchestrator.sweep import SweepConfig, reopen_best_pruned, trial_epochs
-from orchestrator.sweep_cli import configure
-from orchestrator.sweep_state import plan_run
+from orchestrator.commands.sweep import configure
+from orchestrator.driver.state import plan_run
+from orchestrator.driver.sweep import SweepConfig, reopen_best_pruned, trial_epochs
+from orchestrator.storage import ResultStore
 from orchestrator.tasks import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def test_the_cluster_command_as_typed_resolves_paper_trials_and_their_max_t(tmp_
 
 def _all_pruned(tmp_path) -> tuple[ResultStore, SweepConfig]:
     """A sweep state as the buggy max_t left it: 3 trials, all pruned at epoch 1."""
-    from orchestrator.search import Dim
+    from orchestrator.driver.search import Dim
 
     cfg = SweepConfig(
         name="s",
@@ -164,8 +164,8 @@ def test_a_sweep_whose_fixed_settings_leave_epochs_to_the_default_completes_its_
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 import ray
-from orchestrator.search import Dim
-from orchestrator.sweep import SweepConfig, run_sweep
+from orchestrator.driver.search import Dim
+from orchestrator.driver.sweep import SweepConfig, run_sweep
 ray.init(num_cpus=2, log_to_driver=False)
 cfg = SweepConfig(
     name="len", space={{"alpha_x": Dim("loguniform", 0.05, 2.0)}}, metrics=("robust_acc",), modes=("max",),

@@ -155,7 +155,7 @@ def test_entrypoint_runs_the_sweep_with_a_bucket_and_gpus(manifest):
         import alpha
     finally:
         sys.path.remove(str(ROOT / "sweeps"))
-    from orchestrator.sweep_cli import _parser
+    from orchestrator.commands.sweep_flags import build_parser as _parser
 
     parser = _parser(alpha.SPEC)
     alpha.SPEC.add_arguments(parser)
