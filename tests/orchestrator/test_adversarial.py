@@ -392,7 +392,8 @@ def test_adversarial_training_buys_robustness():
     table = attack_table(results)
     print(f"\n{format_table(table)}\ntrain+eval seconds: {seconds}")
     for mode, m in results.items():
-        print(mode, {k: round(v, 3) for k, v in m.items() if not isinstance(v, list)})
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()}
+        print(mode, {k: v for k, v in shown.items() if not isinstance(v, list)})  # eval_attack: text
     assert table["clean"]["clean"] > 0.8, table
     undefended = max(table["clean"]["pgd"], table["clean"]["jiio"])
     for mode in ("pgd", "jiio"):
