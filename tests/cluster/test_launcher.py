@@ -161,6 +161,21 @@ def test_ray_up_submit_kill_a_worker_down_up_resume(tmp_path):
     check_run(out, result)
 
 
+def _settings_line(log: str) -> str | None:
+    """The sweep's ``settings:`` line, unwrapped: the console wraps it at 80 columns, its
+    continuation lines indented."""
+    lines = log.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("settings:"):
+            parts = [ln.rstrip()]
+            for more in lines[i + 1 :]:
+                if not more.startswith(" "):
+                    break
+                parts.append(more.strip())
+            return " ".join(parts)
+    return None
+
+
 def check_run(out: Path, result: dict) -> None:
     """The assertions on one harness run's output directory (callable on a kept one)."""
     logs = {s["name"]: Path(s["log"]).read_text(errors="replace") for s in result["steps"]}
@@ -173,15 +188,13 @@ def check_run(out: Path, result: dict) -> None:
     for name in ("submit-default", "submit-kill", "submit-resume"):
         step = next(s for s in result["steps"] if s["name"] == name)
         assert "--storage" not in step["cmd"] and "--gpus-per-trial" not in step["cmd"]
-        line = next((ln for ln in logs[name].splitlines() if ln.startswith("settings:")), None)
+        line = _settings_line(logs[name])
         assert line is not None, f"{name}: no settings line:\n{logs[name][-3000:]}"
         assert f"storage='{result['storage']}' (cluster " in line, line
         assert "gpus_per_trial=0.25 (cluster " in line and "ray_bootstrap_config.yaml" in line, line
         assert f"trial_limits={harness.TRIAL_LIMITS!r} (cluster " in line, line
     for name in ("submit-default", "submit-resume"):
-        assert "model_size='paper' (cluster " in next(
-            ln for ln in logs[name].splitlines() if ln.startswith("settings:")
-        )
+        assert "model_size='paper' (cluster " in (_settings_line(logs[name]) or "")
     meta = result["bootstrap_metadata"]["first"]["jiio"]
     assert meta["gpus_per_trial"] == 0.25 and meta["model_size"] == "paper"
     assert meta["trial_limits"] == harness.TRIAL_LIMITS
