@@ -71,8 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--plot",
         default="bench_attack.png",
-        help="strength-versus-time PNG: PGD's per-step curve and every JIIO variant (default "
-        "bench_attack.png; '' for none)",
+        help="strength-versus-time PNG: the cold PGD's and the warm baselines' per-step curves and "
+        "every JIIO variant (default bench_attack.png; '' for none)",
     )
     a.set_defaults(bench_run=run_attack, command_prog=a.prog)
 
@@ -118,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument(
         "--plot",
         default="bench_latent.png",
-        help="loss-versus-time PNG (default bench_latent.png; '' for none)",
+        help="loss-versus-time PNG: Adam's (cold and warm) and JIIO's curves (default "
+        "bench_latent.png; '' for none)",
     )
     lat.set_defaults(bench_run=run_latent, command_prog=lat.prog)
 

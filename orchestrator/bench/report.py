@@ -105,12 +105,13 @@ def plot_attack(path: str, out: dict[str, Any]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     ks = range(1, len(c["seconds"]))
     t = [c["seconds"][k] for k in ks]
+    warm = out.get("baselines") or {}
+    drawn = list(best_warm(warm, "loss", True).values())  # the same baselines in both panels
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ys = [c[key][k] for k in ks]
         ax.plot(t, ys, "-o", color="black", markersize=3, label=f"PGD-k cold (paper), k = 1..{len(t)}")
-        warm = out.get("baselines")
-        for label in best_warm(warm, "loss", True).values():
-            w = warm[label]["curve"]  # type: ignore[index]
+        for label in drawn:
+            w = warm[label]["curve"]
             name = f"{label} (warm), k = 1..{len(t)}"
             ax.plot(w["seconds"][1:], w[key][1:], "--", linewidth=1.2, label=name)
         if key == "loss":

@@ -29,8 +29,6 @@ import os
 import sys
 from typing import Any
 
-import pandas as pd
-
 from orchestrator.analysis.seed_text import confirm_text
 from orchestrator.analysis.seeds import confirm_summary
 from orchestrator.analysis.text_layout import console_width
@@ -88,21 +86,9 @@ def plan_confirm(
     return meta, [{**c, "seed": s} for c in configs for s in new_seeds]
 
 
-def summarize(
-    parent_meta: dict[str, Any],
-    parent_trials: pd.DataFrame,
-    confirm_trials: pd.DataFrame,
-    confirm_steps: pd.DataFrame | None = None,
-    confirm_meta: dict[str, Any] | None = None,
-    top: int | None = None,
-    level: float = 0.95,
-) -> dict[str, Any]:
-    """The confirmation from the two sweeps' rows (trials; the confirm sweep's step rows for
-    per-sample values): see :func:`orchestrator.analysis.seeds.confirm_summary`. Pure: no
-    storage, no Ray."""
-    return confirm_summary(
-        parent_meta, parent_trials, confirm_trials, confirm_steps, confirm_meta, top, level
-    )
+#: The confirmation from the two sweeps' rows; pure (no storage, no Ray). The math lives in
+#: the analysis: :func:`orchestrator.analysis.seeds.confirm_summary`.
+summarize = confirm_summary
 
 
 def report(path: str, name: str, as_json: bool = False, out: str | None = None, html: bool = True) -> int:
